@@ -1,0 +1,36 @@
+"""Test set-up: 8 simulated CPU devices so that sharding tests run on any machine.
+
+XLA reads the flag once, when jax first initialises its backends, so it is set here,
+before any test module imports jax.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory):
+    """A data dir holding the `tiny` segjax_shapes dataset, prepared once per session."""
+    from segjax.data.builders import segjax_shapes
+
+    data_dir = str(tmp_path_factory.mktemp("datasets"))
+    segjax_shapes.prepare(data_dir, "tiny")
+    return data_dir
+
+
+@pytest.fixture
+def tiny_config(shapes_data_dir):
+    """configs/default.py:tiny reading the session's prepared dataset (unlocked copy)."""
+    from configs import default
+
+    config = default.get_config("tiny")
+    with config.unlocked():
+        config.dataset.data_dir = shapes_data_dir
+    return config
