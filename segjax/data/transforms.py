@@ -45,21 +45,69 @@ def pad_to(sample: Sample, height: int, width: int, *, ignore_index: int) -> Sam
     return {**sample, "image": image, "label": label}
 
 
-def random_scale(sample: Sample, rng: np.random.Generator, ratio_range: Sequence[float]) -> Sample:
-    """Rescales by a ratio drawn uniformly from `ratio_range`."""
+def rescale_size(
+    height: int, width: int, base_size: Sequence[int], ratio: float
+) -> tuple[int, int]:
+    """The size that fits `ratio * base_size` keeping the aspect ratio (mmcv's `rescale_size`).
+
+    `base_size = (long, short)`: the image is scaled by the largest factor that keeps
+    its long side within `ratio * long` and its short side within `ratio * short`, as
+    mmsegmentation's `RandomResize(scale=(long, short), ratio_range, keep_ratio=True)`.
+    """
+    long_edge, short_edge = base_size
+    factor = min(long_edge * ratio / max(height, width), short_edge * ratio / min(height, width))
+    return max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)
+
+
+def random_scale(
+    sample: Sample,
+    rng: np.random.Generator,
+    ratio_range: Sequence[float],
+    base_size: Sequence[int] | None = None,
+) -> Sample:
+    """Rescales by a ratio drawn uniformly from `ratio_range`.
+
+    Without `base_size` the ratio multiplies the image's own size; with `base_size =
+    (long, short)` it multiplies that target size instead (see `rescale_size`).
+    """
     lo, hi = ratio_range
-    if lo == hi == 1.0:
+    if not base_size and lo == hi == 1.0:
         return sample
     ratio = rng.uniform(lo, hi)
     h, w = sample["label"].shape
+    if base_size:
+        return resize(sample, *rescale_size(h, w, base_size, ratio))
     return resize(sample, max(round(h * ratio), 1), max(round(w * ratio), 1))
 
 
-def random_crop(sample: Sample, rng: np.random.Generator, height: int, width: int) -> Sample:
-    """A random `height x width` window (the sample must be at least that large)."""
+def random_crop(
+    sample: Sample,
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    cat_max_ratio: float = 1.0,
+    ignore_index: int = 255,
+) -> Sample:
+    """A random `height x width` window (the sample must be at least that large).
+
+    With `cat_max_ratio < 1`, as mmsegmentation's `RandomCrop`: a window is drawn again,
+    up to 10 times, while one class covers `cat_max_ratio` or more of the window's
+    non-ignored pixels or the window holds fewer than two classes; the last draw is kept.
+    """
     h, w = sample["label"].shape
-    top = rng.integers(0, h - height + 1)
-    left = rng.integers(0, w - width + 1)
+
+    def draw() -> tuple[int, int]:
+        return rng.integers(0, h - height + 1), rng.integers(0, w - width + 1)
+
+    top, left = draw()
+    if cat_max_ratio < 1.0:
+        for _ in range(10):
+            crop = sample["label"][top : top + height, left : left + width]
+            _, counts = np.unique(crop[crop != ignore_index], return_counts=True)
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            top, left = draw()
     window = (slice(top, top + height), slice(left, left + width))
     return {**sample, "image": sample["image"][window], "label": sample["label"][window]}
 
@@ -73,6 +121,46 @@ def random_flip(sample: Sample, rng: np.random.Generator) -> Sample:
         "image": np.ascontiguousarray(sample["image"][:, ::-1]),
         "label": np.ascontiguousarray(sample["label"][:, ::-1]),
     }
+
+
+def _convert(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    # `alpha * image + beta` back to uint8, truncating as mmsegmentation does.
+    return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def photometric_distortion(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    brightness_delta: float = 32.0,
+    contrast_range: Sequence[float] = (0.5, 1.5),
+    saturation_range: Sequence[float] = (0.5, 1.5),
+    hue_delta: int = 18,
+) -> np.ndarray:
+    """mmsegmentation's `PhotoMetricDistortion` on a uint8 RGB image [H, W, 3].
+
+    Each of brightness (add a delta), contrast (multiply), saturation (multiply S in
+    HSV) and hue (shift H, in OpenCV's 0-179 units) is applied with probability 1/2;
+    contrast comes first or last (before saturation or after hue) with probability
+    1/2. Every step clips to [0, 255] and truncates to uint8.
+    """
+    if rng.integers(2):
+        image = _convert(image, beta=rng.uniform(-brightness_delta, brightness_delta))
+    contrast_first = rng.integers(2)
+    if contrast_first and rng.integers(2):
+        image = _convert(image, alpha=rng.uniform(*contrast_range))
+    if rng.integers(2):
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*saturation_range))
+        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if rng.integers(2):
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        shift = int(rng.integers(-hue_delta, hue_delta + 1))
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + shift) % 180).astype(np.uint8)
+        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if not contrast_first and rng.integers(2):
+        image = _convert(image, alpha=rng.uniform(*contrast_range))
+    return image
 
 
 def normalize(sample: Sample, mean: Sequence[float], std: Sequence[float]) -> Sample:
@@ -91,7 +179,12 @@ class DecodeRecord(grain.MapTransform):
 
 
 class TrainAugment(grain.RandomMapTransform):
-    """grain op: random rescale, pad, random crop, flip, normalise."""
+    """grain op: random rescale, pad, random crop, flip, photometric distortion, normalise.
+
+    Output: `{"image": float32 [h, w, 3], "label": int32 [h, w]}`, `(h, w) = crop_size`.
+    All randomness comes from the per-record Generator grain passes in; options that
+    are off draw nothing from it, so turning none on leaves the stream unchanged.
+    """
 
     def __init__(
         self,
@@ -102,19 +195,33 @@ class TrainAugment(grain.RandomMapTransform):
         mean: Sequence[float],
         std: Sequence[float],
         ignore_index: int,
+        base_size: Sequence[int] | None = None,
+        cat_max_ratio: float = 1.0,
+        photometric: bool = False,
     ):
         self.crop_size = tuple(crop_size)
         self.scale_range = tuple(scale_range)
+        self.base_size = tuple(base_size) if base_size and any(base_size) else None
+        self.cat_max_ratio = float(cat_max_ratio)
         self.flip = flip
+        self.photometric = photometric
         self.mean, self.std = tuple(mean), tuple(std)
         self.ignore_index = ignore_index
 
     def random_map(self, element, rng: np.random.Generator):
-        sample = random_scale(element, rng, self.scale_range)
+        sample = random_scale(element, rng, self.scale_range, self.base_size)
         sample = pad_to(sample, *self.crop_size, ignore_index=self.ignore_index)
-        sample = random_crop(sample, rng, *self.crop_size)
+        sample = random_crop(
+            sample,
+            rng,
+            *self.crop_size,
+            cat_max_ratio=self.cat_max_ratio,
+            ignore_index=self.ignore_index,
+        )
         if self.flip:
             sample = random_flip(sample, rng)
+        if self.photometric:
+            sample = {**sample, "image": photometric_distortion(sample["image"], rng)}
         return normalize(sample, self.mean, self.std)
 
 
