@@ -9,11 +9,13 @@ torchvision / mmsegmentation, so that their pretrained weights can be ported unc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Array = jax.Array
 
@@ -25,6 +27,192 @@ def conv_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int], 
     """Symmetric padding that keeps ``ceil(H / stride)`` outputs, as PyTorch's ``padding=k//2``."""
     p = dilation * (kernel_size // 2)
     return ((p, p), (p, p))
+
+
+# A kxk convolution is computed tap by tap (see `conv2d`) on the CPU when at least this share
+# of its multiply-adds would read padding (XLA:CPU's convolution kernels compute them), or it
+# is depthwise, and its output has at least this many pixels (below, one op per tap costs
+# more than it saves).
+TAP_SPLIT_MIN_PADDING_SHARE = 0.2
+TAP_SPLIT_MIN_OUTPUT_PIXELS = 64
+
+
+def _tap_windows(size: int, kernel: int, dilation: int, stride: int) -> list[tuple[int, int, int]]:
+    """Per tap of one spatial dim: ``(first output, output count, first input)``; count 0 = dead.
+
+    Symmetric padding ``dilation * (kernel // 2)``; output ``o`` of tap ``t`` reads input
+    ``o * stride + t * dilation - pad``, so only outputs whose input lies inside count.
+    """
+    pad = dilation * (kernel // 2)
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    windows = []
+    for t in range(kernel):
+        offset = t * dilation - pad
+        first = max(0, -(offset // stride))  # ceil(-offset / stride)
+        last = min(out - 1, (size - 1 - offset) // stride)
+        count = max(0, last - first + 1)
+        windows.append((first, count, first * stride + offset))
+    return windows
+
+
+def _conv_taps(
+    x: Array, kernel: Array, h_windows, w_windows, out_hw: tuple[int, int], stride: int
+) -> Array:
+    # Sum over live taps of (the input window it reads) @ (its kernel slice), each product
+    # zero-padded to the output size: no multiply-add reads padding.
+    depthwise = kernel.shape[2] == 1 and x.shape[-1] > 1
+    b, _, _, cin = x.shape
+    out = None
+    for i, (oh, nh, ih) in enumerate(h_windows):
+        for j, (ow, nw, iw) in enumerate(w_windows):
+            if nh == 0 or nw == 0:
+                continue
+            window = lax.slice(
+                x,
+                (0, ih, iw, 0),
+                (b, ih + (nh - 1) * stride + 1, iw + (nw - 1) * stride + 1, cin),
+                (1, stride, stride, 1),
+            )
+            if depthwise:
+                y = window * kernel[i, j, 0]
+            else:
+                y = jnp.einsum("bhwc,cf->bhwf", window, kernel[i, j])
+            pads = ((0, 0), (oh, out_hw[0] - oh - nh), (ow, out_hw[1] - ow - nw), (0, 0))
+            y = jnp.pad(y, pads)
+            out = y if out is None else out + y
+    return out
+
+
+def conv2d(
+    x: Array,
+    kernel: Array,
+    *,
+    strides: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    method: str | None = None,
+) -> Array:
+    """NHWC convolution with symmetric padding ``dilation * (k // 2)``, skipping dead taps.
+
+    Equal to ``lax.conv_general_dilated(x, kernel, (s, s), conv_padding(k, dilation),
+    rhs_dilation=(dilation, dilation), feature_group_count=groups)`` up to float rounding.
+
+    ``method`` (default ``$SEGJAX_CONV``, else ``"auto"``):
+
+    - ``"auto"``: the taps of a dilated kernel that read only padding (DeepLab's ASPP rate
+      36 on a 32x32 map: all but the centre) are dropped, on every backend; on the CPU, the
+      conv is computed tap by tap when its output has at least
+      ``TAP_SPLIT_MIN_OUTPUT_PIXELS`` pixels and either at least
+      ``TAP_SPLIT_MIN_PADDING_SHARE`` of its multiply-adds would read padding (large
+      dilations) or it is depthwise (XLA:CPU has no fast grouped convolution).
+    - ``"taps"``: tap by tap whenever groups is 1 or the conv is depthwise.
+    - ``"xla"``: one XLA convolution over every tap (what ``nn.Conv`` does).
+
+    Tap by tap, each tap is one matrix product (depthwise: one product per channel) over
+    only the input window it reads, zero-padded to the output and summed; XLA:CPU's
+    convolution computes the padded multiply-adds too.
+
+    Args:
+        x: ``[B, H, W, Cin]``.
+        kernel: ``[k, k, Cin / groups, Cout]`` (HWIO), k odd.
+        strides: spatial stride.
+        dilation: kernel dilation.
+        groups: feature groups (``groups == Cin == Cout``: depthwise).
+        method: ``"auto"``, ``"taps"`` or ``"xla"``.
+
+    Returns:
+        ``[B, ceil(H / strides), ceil(W / strides), Cout]``.
+    """
+    method = method or os.environ.get("SEGJAX_CONV", "auto")
+    if method not in ("auto", "taps", "xla"):
+        raise ValueError(f"conv method must be 'auto', 'taps' or 'xla', got {method!r}")
+    k = kernel.shape[0]
+    _, h, w, cin = x.shape
+    if method == "xla":
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            (strides, strides),
+            conv_padding(k, dilation),
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=groups,
+        )
+    h_windows = _tap_windows(h, k, dilation, strides)
+    w_windows = _tap_windows(w, k, dilation, strides)
+    out_hw = tuple(
+        (size + 2 * dilation * (k // 2) - dilation * (k - 1) - 1) // strides + 1 for size in (h, w)
+    )
+    depthwise = groups > 1 and groups == cin == kernel.shape[-1]
+    if k > 1 and (groups == 1 or depthwise):
+        live = sum(n for _, n, _ in h_windows) * sum(n for _, n, _ in w_windows)
+        padding_share = 1.0 - live / (k * k * out_hw[0] * out_hw[1])
+        on_cpu = jax.default_backend() == "cpu"
+        large = out_hw[0] * out_hw[1] >= TAP_SPLIT_MIN_OUTPUT_PIXELS
+        wasteful = padding_share >= TAP_SPLIT_MIN_PADDING_SHARE
+        if method == "taps" or (on_cpu and large and (depthwise or wasteful)):
+            return _conv_taps(x, kernel, h_windows, w_windows, out_hw, strides)
+    # One XLA convolution over the live taps only (they are contiguous, dead ones at the ends).
+    live_h = [t for t, (_, n, _) in enumerate(h_windows) if n]
+    live_w = [t for t, (_, n, _) in enumerate(w_windows) if n]
+    kernel = kernel[live_h[0] : live_h[-1] + 1, live_w[0] : live_w[-1] + 1]
+    padding = []
+    for size, out, live in ((h, out_hw[0], live_h), (w, out_hw[1], live_w)):
+        low = dilation * (k // 2) - live[0] * dilation
+        high = (out - 1) * strides + dilation * (live[-1] - live[0]) + 1 - size - low
+        padding.append((low, high))
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        (strides, strides),
+        padding,
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+class Conv2D(nn.Module):
+    """An NHWC conv with PyTorch-style symmetric padding, computed by `conv2d`.
+
+    The same parameters as ``nn.Conv`` (``kernel`` ``[k, k, Cin / groups, features]``
+    float32, ``bias`` ``[features]`` when ``use_bias``) and the same result as
+    ``nn.Conv(padding=conv_padding(k, dilation))``, without the multiply-adds that read only
+    padding.
+
+    Attributes:
+        features: output channels.
+        kernel_size: square, odd kernel size.
+        strides: spatial stride.
+        dilation: kernel dilation (atrous rate).
+        groups: ``feature_group_count``.
+        use_bias: add a learned bias.
+        dtype: compute dtype; parameters are float32.
+    """
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    dilation: int = 1
+    groups: int = 1
+    use_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """``[B, H, W, Cin] -> [B, ceil(H / strides), ceil(W / strides), features]``."""
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel", conv_kernel_init, (k, k, x.shape[-1] // self.groups, self.features)
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros_init(), (self.features,))
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = conv2d(x, kernel, strides=self.strides, dilation=self.dilation, groups=self.groups)
+        return y if bias is None else y + bias
 
 
 def batch_norm(train: bool, dtype: jnp.dtype, name: str | None = None, zero_init: bool = False):
@@ -85,17 +273,13 @@ class ConvBNReLU(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         """``[B, H, W, Cin] -> [B, ceil(H / strides), ceil(W / strides), features]``."""
-        x = nn.Conv(
+        x = Conv2D(
             self.features,
-            (self.kernel_size, self.kernel_size),
-            strides=(self.strides, self.strides),
-            padding=conv_padding(self.kernel_size, self.dilation),
-            kernel_dilation=(self.dilation, self.dilation),
-            feature_group_count=self.groups,
-            use_bias=False,
-            kernel_init=conv_kernel_init,
+            self.kernel_size,
+            strides=self.strides,
+            dilation=self.dilation,
+            groups=self.groups,
             dtype=self.dtype,
-            param_dtype=jnp.float32,
             name="conv",
         )(x)
         x = batch_norm(train, self.dtype, name="bn", zero_init=self.zero_init_bn)(x)

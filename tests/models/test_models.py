@@ -24,7 +24,24 @@ from segjax.models.layers import resize_bilinear
 NUM_CLASSES = 5
 ALL = sorted(MODELS)
 # Models small enough for real forward / backward passes in the fast suite.
-TINY = ["deeplabv3plus_tiny", "pixel_mlp"]
+TINY = [
+    "deeplabv3plus_tiny",
+    "pixel_mlp",
+    "deeplabv3plus_mobilenetv2_tiny",
+    "deeplabv3plus_xception_tiny",
+    "fpn_tiny",
+    "linknet_tiny",
+    "pspnet_tiny",
+    "unet_tiny",
+    "unetpp_tiny",
+    # fcn_resnet_tiny (ResNet + FCNHead: run by deeplabv3plus_tiny's aux head) and
+    # deeplabv1_tiny (parsenet_tiny's trunk and neck, a bare 1x1 classifier) stay out to
+    # save compile time; segnet_tiny / deconvnet_tiny run their contract in
+    # test_zoo_fcn_segnet.py, whose bf16 check allows argmax-pooling flips.
+    "fcn8s_tiny",
+    "parsenet_tiny",
+    "deeplabv2_tiny",
+]
 REQUIRED = {
     "deeplabv3plus_resnet50",
     "deeplabv3plus_resnet101",
@@ -33,6 +50,16 @@ REQUIRED = {
     "deeplabv3_resnet101",
     "deeplabv3plus_tiny",
     "pixel_mlp",
+    "fcn32s_vgg16",
+    "fcn16s_vgg16",
+    "fcn8s_vgg16",
+    "fcn_resnet50",
+    "fcn_resnet101",
+    "parsenet_vgg16",
+    "deeplabv1_vgg16",
+    "deeplabv2_resnet101",
+    "segnet_vgg16",
+    "deconvnet_vgg16",
 }
 
 
