@@ -6,20 +6,13 @@ needs, so `configs/default.py` reads top to bottom and a reader never chases `_b
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
+
+from segjax.data.datasets import default_data_dir
 
 # ImageNet statistics in 0-255 pixel units (mmsegmentation's convention).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def default_data_dir() -> str:
-    """Where datasets are prepared: $SEGJAX_DATA_DIR, else ~/.cache/segjax/datasets."""
-    return os.environ.get(
-        "SEGJAX_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "segjax", "datasets")
-    )
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -63,13 +56,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.eval_split = "validation"
     c.dataset.num_classes = 6
     c.dataset.ignore_index = 255
+    # A real dataset's files (archives and/or extracted folders): when set, an unprepared
+    # dataset is prepared from them on first use (`python -m segjax.data.prepare` does it
+    # ahead of time). "" = the dataset must already be prepared in data_dir.
+    c.dataset.manual_dir = ""
 
     c.input = ml_collections.ConfigDict()
     c.input.batch_size = 16  # global, over all devices and hosts
     c.input.eval_batch_size = 16  # global
     c.input.crop_size = (128, 128)  # (height, width)
     c.input.scale_range = (0.75, 1.5)  # random rescale ratio; (1.0, 1.0) turns it off
+    # (long, short) edge that the ratio multiplies, keeping the aspect ratio, as
+    # mmsegmentation's RandomResize(scale=...); (0, 0): the ratio multiplies the image size.
+    c.input.base_size = (0, 0)
+    # Random crop: redraw (up to 10 times) while one class covers >= this share of the
+    # crop's non-ignored pixels (mmsegmentation's cat_max_ratio); 1.0 = off.
+    c.input.cat_max_ratio = 1.0
     c.input.flip = True
+    # mmsegmentation's PhotoMetricDistortion (brightness, contrast, saturation, hue).
+    c.input.photometric = False
     c.input.mean = IMAGENET_MEAN
     c.input.std = IMAGENET_STD
     # Evaluation images are padded to this (height, width) so eval never recompiles.
@@ -86,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "cross_entropy"  # or a weighted sum: "cross_entropy:1.0+dice:0.5"
     c.loss.aux_weight = 0.4
+    # Per-loss keyword arguments as JSON, e.g. '{"ohem_cross_entropy": {"thresh": 0.7},
+    # "cross_entropy": {"class_weights": [1.0, 2.0, 2.0]}}' (checked before training).
+    c.loss.options = ""
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # "sgd" (momentum, poly decay: the DeepLab recipe) or "adamw"
@@ -99,6 +107,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 100
     c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
 
+    # Inference at evaluation (segjax/inference.py); `eval.py` flags override these.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.mode = "whole"  # "whole" image, or "slide" (sliding window)
+    c.eval.crop_size = (128, 128)  # sliding window (height, width)
+    c.eval.stride = (96, 96)  # sliding window step; < crop_size means overlapping windows
+    c.eval.gaussian = False  # weight window logits by a Gaussian (centre counts most)
+    c.eval.scales = (1.0,)  # multi-scale test-time augmentation: image resize ratios
+    c.eval.flip = False  # also predict the horizontally flipped image and average
+    # (0, 0): images are only padded to input.eval_pad_size. (h, w): each image is first
+    # resized, keeping its aspect ratio, to fit h x w (then padded to eval_pad_size);
+    # predictions are resized back to the original size before scoring.
+    c.eval.resize = (0, 0)
+    # Labels stay at original size, padded with ignore_index to this (0, 0): eval_pad_size.
+    c.eval.label_pad_size = (0, 0)
+    c.eval.num_visualizations = 8  # image | ground truth | prediction panels by eval.py
+    c.eval.speed_iters = 10  # timed repetitions of the eval program after warm-up
+
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000
     c.train.log_every = 50
@@ -107,4 +132,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2  # the latest N
     c.train.keep_best = 1  # plus the best N by validation mIoU
     c.train.async_checkpointing = True
+    # Steps whose loss or gradients are not finite are skipped; this many in a row is fatal.
+    c.train.max_nonfinite_in_a_row = 10
+    # "replicated" (data parallel) or "fsdp": large parameter and optimizer arrays split
+    # over the devices (for models that do not fit one device), same results.
+    c.train.param_sharding = "replicated"
+    c.train.fsdp_min_size = 2**14  # arrays smaller than this stay replicated under fsdp
+    # JAX's persistent compilation cache: a directory where compiled programs are kept, so
+    # a resumed or repeated run skips compiling them again; "" = off.
+    c.train.compilation_cache_dir = ""
     return c

@@ -12,10 +12,32 @@ import os
 from typing import Any
 
 import grain.python as grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 BEST_METRIC = "miou"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's parameter tree does not match the model it is restored into."""
+
+
+def _flatten(tree: Any) -> list[tuple[Any, Any]]:
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def _path_str(path: tuple) -> str:
+    # Saved trees come back as nested dicts, live ones as dataclasses: compare names only.
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
 
 
 class IteratorState:
@@ -104,11 +126,38 @@ class Checkpointer:
 
         When `data_iterator` is given, its position is set to the saved one in place.
         """
+        self.check_compatible(step, abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items["data"] = grain.PyGrainCheckpointRestore(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
+
+    def check_compatible(self, step: int, abstract_state: Any) -> None:
+        """Raises `CheckpointMismatchError` naming the paths and shapes that differ.
+
+        Orbax's own error for a mismatched tree is hard to read; this compares the
+        saved tree (from its metadata, without reading arrays) with the one expected.
+        """
+        saved_meta = self._manager.item_metadata(step)["state"]
+        saved = {_path_str(p): tuple(v.shape) for p, v in _flatten(saved_meta)}
+        expected = {_path_str(p): tuple(v.shape) for p, v in _flatten(abstract_state)}
+        missing = sorted(set(expected) - set(saved))
+        unexpected = sorted(set(saved) - set(expected))
+        reshaped = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
+        if not (missing or unexpected or reshaped):
+            return
+        lines = [f"checkpoint {self.directory}/{step} does not match the model:"]
+        lines += [f"  in the model, not the checkpoint: {k} {expected[k]}" for k in missing[:20]]
+        lines += [f"  in the checkpoint, not the model: {k} {saved[k]}" for k in unexpected[:20]]
+        lines += [
+            f"  shape differs: {k}: checkpoint {saved[k]}, model {expected[k]}"
+            for k in reshaped[:20]
+        ]
+        total = len(missing) + len(unexpected) + len(reshaped)
+        if total > 60:
+            lines.append(f"  ... {total} differences in all")
+        raise CheckpointMismatchError("\n".join(lines))
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

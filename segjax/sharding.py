@@ -9,7 +9,9 @@ without any explicit collective.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -75,3 +77,49 @@ def prefetch_to_mesh(
 ) -> Iterator[dict[str, jax.Array]]:
     """Yields sharded batches, keeping `size` transfers in flight ahead of the consumer."""
     return prefetch(batches, lambda batch: shard_batch(batch, mesh), size)
+
+
+def state_shardings(
+    abstract_state: Any, mesh: Mesh, mode: str = "replicated", *, min_size: int = 2**14
+) -> Any:
+    """Shardings for a train state: replicated, or FSDP-style split over the data axis.
+
+    `mode="fsdp"` splits every array of at least `min_size` elements along its largest
+    dimension that divides evenly over the mesh (parameters, optimizer moments, ...);
+    smaller arrays and those with no such dimension stay replicated. XLA gathers the
+    pieces where a computation needs them, so the step's result does not change, only
+    where each array lives.
+    """
+    if mode not in ("replicated", "fsdp"):
+        raise ValueError(f"config.train.param_sharding={mode!r}; expected 'replicated' or 'fsdp'")
+    n = mesh.devices.size
+    repl = replicated(mesh)
+
+    def leaf_sharding(leaf) -> NamedSharding:
+        shape = getattr(leaf, "shape", ())
+        if mode == "replicated" or n == 1 or math.prod(shape) < min_size:
+            return repl
+        dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+        for d in dims:
+            if shape[d] % n == 0:
+                spec = [None] * len(shape)
+                spec[d] = DATA_AXIS
+                return NamedSharding(mesh, P(*spec))
+        return repl
+
+    return jax.tree.map(leaf_sharding, abstract_state)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """`tree` (host values, the same on every process) as arrays replicated on `mesh`.
+
+    Unlike `jax.device_put`, this also works when the mesh spans several processes,
+    whose devices are not all addressable from here.
+    """
+    return _replicator(mesh)(tree)
+
+
+@functools.lru_cache(maxsize=16)
+def _replicator(mesh: Mesh) -> Callable[[Any], Any]:
+    # One jitted identity per mesh, so repeated calls hit the compilation cache.
+    return jax.jit(lambda t: t, out_shardings=replicated(mesh))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax
@@ -25,9 +26,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from segjax import losses, metrics, optim, sharding
+from segjax import evaluation, losses, optim, sharding
 from segjax.checkpoint import BEST_METRIC, Checkpointer
-from segjax.data import datasets, pipeline
+from segjax.data import pipeline
+from segjax.files import atomic_write
 from segjax.metric_writer import MetricWriter
 from segjax.models import build_model as build_registered_model
 
@@ -40,9 +42,12 @@ RESUMABLE_CHANGES = (
     "train.keep_checkpoints",
     "train.keep_best",
     "train.async_checkpointing",
+    "train.max_nonfinite_in_a_row",
+    "train.compilation_cache_dir",
     "input.worker_count",
     "input.prefetch",
     "dataset.data_dir",
+    "eval.",  # a prefix: how evaluation runs does not change what training computes
 )
 
 
@@ -55,12 +60,17 @@ class TrainState:
       params: float32 parameters (master weights, whatever the compute dtype).
       batch_stats: BatchNorm running statistics.
       opt_state: the optax state.
+      nonfinite_in_a_row: int32 scalar, consecutive steps skipped for a non-finite loss
+        or gradient (0 after every good step).
+      nonfinite_total: int32 scalar, all steps skipped so far.
     """
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
+    nonfinite_in_a_row: jax.Array
+    nonfinite_total: jax.Array
 
 
 # ----------------------------------------------------------------------------- model
@@ -84,6 +94,23 @@ def build_model(config: ml_collections.ConfigDict):
     )
 
 
+def loss_options(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+    """`config.loss.options` (a JSON object of per-loss keyword arguments) as a dict."""
+    text = config.loss.options
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"config.loss.options is not valid JSON ({e}): {text!r}") from e
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ValueError(
+            'config.loss.options must be a JSON object {"loss_name": {"kwarg": value}}; '
+            f"got {text!r}"
+        )
+    return options
+
+
 def init_state(
     model, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...]
 ) -> TrainState:
@@ -97,6 +124,8 @@ def init_state(
         params=params,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
+        nonfinite_in_a_row=jnp.zeros((), jnp.int32),
+        nonfinite_total=jnp.zeros((), jnp.int32),
     )
 
 
@@ -117,6 +146,10 @@ def make_train_step(
     averaged over the valid pixels of the global batch. `rng` is the run's base key;
     the step's dropout key is `fold_in(rng, state.step)`, so a resumed run draws the
     same randomness as an uninterrupted one.
+
+    A step whose loss or gradients are not all finite changes nothing but `step` and
+    the non-finite counters: parameters, optimizer state and BatchNorm statistics stay
+    as they were (the batch is consumed, the update is skipped).
     """
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
@@ -140,14 +173,27 @@ def make_train_step(
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
+        updated = (params, new_model_state.get("batch_stats", state.batch_stats), opt_state)
+        kept = (state.params, state.batch_stats, state.opt_state)
+        params, batch_stats, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), updated, kept
+        )
+        skipped = (~finite).astype(jnp.int32)
         new_state = state.replace(
             step=state.step + 1,
             params=params,
-            batch_stats=new_model_state.get("batch_stats", state.batch_stats),
+            batch_stats=batch_stats,
             opt_state=opt_state,
+            nonfinite_in_a_row=(state.nonfinite_in_a_row + skipped) * skipped,
+            nonfinite_total=state.nonfinite_total + skipped,
         )
         step_metrics = {
             "loss": loss,
+            "nonfinite_in_a_row": new_state.nonfinite_in_a_row,
+            "nonfinite_total": new_state.nonfinite_total,
             "learning_rate": schedule(state.step),
             "grad_norm": optax.global_norm(grads),
             **{f"loss/{k}": v for k, v in terms.items() if k != "total"},
@@ -155,29 +201,6 @@ def make_train_step(
         return new_state, step_metrics
 
     return train_step
-
-
-def make_eval_step(
-    model, *, num_classes: int, ignore_index: int
-) -> Callable[[TrainState, dict, jax.Array], jax.Array]:
-    """`eval_step(state, batch, cm) -> cm + this batch's confusion matrix` [K, K] int32.
-
-    Samples with `batch["valid"] == False` and pixels labelled `ignore_index` count
-    for nothing.
-    """
-
-    def eval_step(state: TrainState, batch: dict, cm: jax.Array) -> jax.Array:
-        outputs = model.apply(
-            {"params": state.params, "batch_stats": state.batch_stats},
-            batch["image"],
-            train=False,
-        )
-        pred = jnp.argmax(outputs["logits"], axis=-1)
-        return cm + metrics.confusion_matrix(
-            pred, batch["label"], num_classes, ignore_index=ignore_index, valid=batch["valid"]
-        )
-
-    return eval_step
 
 
 # ----------------------------------------------------------------------------- runner
@@ -196,7 +219,7 @@ class Run:
     abstract_state: Any
     init_fn: Callable[[jax.Array], TrainState]
     train_step: Callable
-    eval_step: Callable
+    evaluator: evaluation.Evaluator
 
     def new_state(self, rng: jax.Array) -> TrainState:
         return self.init_fn(rng)
@@ -206,24 +229,25 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
     """Builds the model and optimizer and jits init, train and eval steps for `mesh`."""
     model = build_model(config)
     tx, schedule = optim.make_optimizer(config, config.train.steps)
-    loss_fn = losses.build_loss(config.loss.name, ignore_index=config.dataset.ignore_index)
+    loss_fn = losses.build_loss(
+        config.loss.name,
+        ignore_index=config.dataset.ignore_index,
+        options=loss_options(config),
+    )
     h, w = config.input.crop_size
     image_shape = (1, h, w, 3)
 
     init = functools.partial(init_state, model, tx, image_shape=image_shape)
     abstract = jax.eval_shape(init, jax.random.key(0))
     repl = sharding.replicated(mesh)
-    state_sharding = jax.tree.map(lambda _: repl, abstract)
+    state_sharding = sharding.state_shardings(
+        abstract, mesh, config.train.param_sharding, min_size=config.train.fsdp_min_size
+    )
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
     )
     data = sharding.data_sharding(mesh)
     train_step = make_train_step(model, tx, loss_fn, schedule, aux_weight=config.loss.aux_weight)
-    eval_step = make_eval_step(
-        model,
-        num_classes=config.dataset.num_classes,
-        ignore_index=config.dataset.ignore_index,
-    )
     return Run(
         config=config,
         mesh=mesh,
@@ -239,73 +263,8 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
             out_shardings=(state_sharding, repl),
             donate_argnums=(0,),
         ),
-        eval_step=jax.jit(
-            eval_step,
-            in_shardings=(state_sharding, data, repl),
-            out_shardings=repl,
-            donate_argnums=(2,),
-        ),
+        evaluator=evaluation.Evaluator(config, model, mesh, state_sharding),
     )
-
-
-def evaluate(run: Run, state: TrainState, batches: Iterable[dict[str, np.ndarray]]) -> np.ndarray:
-    """The int64 confusion matrix [K, K] of `state` over all `batches` (all processes).
-
-    The per-batch sum stays on device in int32 and is flushed to a host int64 total
-    before it could overflow, so no host sync happens per batch.
-    """
-    k = run.config.dataset.num_classes
-    repl = sharding.replicated(run.mesh)
-    accumulator = metrics.ConfusionMatrixAccumulator(k)
-    zeros = functools.partial(jax.device_put, np.zeros((k, k), np.int32), repl)
-    cm = zeros()
-    pixels_in_cm = 0
-    for batch in sharding.prefetch_to_mesh(batches, run.mesh, run.config.input.prefetch):
-        batch_pixels = math.prod(batch["label"].shape)
-        if pixels_in_cm + batch_pixels >= 2**31 - 1:
-            accumulator.update(jax.device_get(cm))
-            cm, pixels_in_cm = zeros(), 0
-        cm = run.eval_step(state, batch, cm)
-        pixels_in_cm += batch_pixels
-    accumulator.update(jax.device_get(cm))
-    return accumulator.matrix
-
-
-def evaluate_split(run: Run, state: TrainState, split: str) -> tuple[dict[str, Any], np.ndarray]:
-    """Scores `state` on `split` of the configured dataset: (scores, confusion matrix)."""
-    config = run.config
-    source = pipeline.load_split(config, split)
-    per_process = sharding.local_batch_size(config.input.eval_batch_size, run.mesh)
-    cm = evaluate(run, state, pipeline.eval_batches(config, source, per_process_batch=per_process))
-    return metrics.segmentation_scores(cm), cm
-
-
-def write_eval_report(
-    workdir: str,
-    config: ml_collections.ConfigDict,
-    split: str,
-    step: int,
-    scores: dict[str, Any],
-) -> str:
-    """Writes `<workdir>/eval/<split>_step<N>.{json,txt}`; returns the text table."""
-    class_names = datasets.get_spec(config.dataset.name).class_names
-    table = metrics.format_report(scores, class_names)
-    if jax.process_index() == 0:
-        out_dir = os.path.join(workdir, "eval")
-        os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.join(out_dir, f"{split}_step{step}")
-        report = {"split": split, "step": step, **metrics.report_dict(scores, class_names)}
-        _atomic_write(stem + ".json", json.dumps(report, indent=2))
-        _atomic_write(stem + ".txt", table + "\n")
-    return table
-
-
-def _atomic_write(path: str, text: str) -> None:
-    # Write-then-rename so a reader never sees half a file and a crash loses nothing.
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -317,6 +276,10 @@ def _flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str
         else:
             out[name] = list(value) if isinstance(value, tuple | list) else value
     return out
+
+
+def _resumable_change(key: str) -> bool:
+    return any(key.startswith(r) if r.endswith(".") else key == r for r in RESUMABLE_CHANGES)
 
 
 def check_workdir_config(
@@ -338,7 +301,7 @@ def check_workdir_config(
     changed = sorted(
         k
         for k in set(saved) | set(current)
-        if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != current.get(k, "<absent>")
+        if not _resumable_change(k) and saved.get(k, "<absent>") != current.get(k, "<absent>")
     )
     if changed and not allow_change:
         details = "; ".join(
@@ -355,6 +318,31 @@ def _with_states(data_iter: Iterator) -> Iterator[tuple[dict, bytes]]:
     while True:
         batch = next(data_iter)
         yield batch, data_iter.get_state()
+
+
+class _CompileTimer:
+    """Adds up XLA compile time (or persistent-cache loads) while it is entered."""
+
+    def __init__(self):
+        self.total = 0.0
+        self.cache_hits = 0
+
+    def _on_duration(self, event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.total += duration
+
+    def _on_event(self, event: str, **kwargs) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            self.cache_hits += 1
+
+    def __enter__(self) -> _CompileTimer:
+        jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+        jax.monitoring.register_event_listener(self._on_event)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._on_duration)
+        jax.monitoring.unregister_event_listener(self._on_event)
 
 
 def _format_eta(seconds: float) -> str:
@@ -374,11 +362,15 @@ def train_and_evaluate(
     Returns the final validation scores (see `metrics.segmentation_scores`) and the
     step they belong to under `"step"`.
     """
+    cache_dir = config.train.get("compilation_cache_dir", "")
+    if cache_dir:
+        # Compiled programs are stored there and reused by later runs of the same shapes.
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
     mesh = mesh or sharding.make_mesh()
     os.makedirs(workdir, exist_ok=True)
     check_workdir_config(workdir, config, allow_change=allow_config_change)
     if jax.process_index() == 0:
-        _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
     total_steps = config.train.steps
     run = setup(config, mesh)
@@ -397,7 +389,7 @@ def train_and_evaluate(
     )
 
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    train_rng = jax.device_put(train_rng, sharding.replicated(mesh))
+    train_rng = sharding.replicate(train_rng, mesh)
     latest = ckpt.latest_step()
     if latest is None:
         state = run.new_state(init_rng)
@@ -416,7 +408,7 @@ def train_and_evaluate(
     )
 
     scores: dict[str, Any] | None = None
-    pending: list[dict[str, jax.Array]] = []
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
     last_log_time, last_log_step = time.perf_counter(), step
     data_state: bytes | None = None
     batches = sharding.prefetch(
@@ -424,113 +416,179 @@ def train_and_evaluate(
         lambda pair: (sharding.shard_batch(pair[0], mesh), pair[1]),
         config.input.prefetch,
     )
-    while step < total_steps:
-        batch, data_state = next(batches)
-        state, step_metrics = run.train_step(state, batch, train_rng)
-        step += 1
-        pending.append(step_metrics)
-        if step % config.train.log_every == 0 or step == total_steps:
-            summary = {
-                k: float(np.mean(v))
-                for k, v in jax.device_get(
-                    jax.tree.map(lambda *xs: jnp.stack(xs), *pending)
-                ).items()
-            }
-            pending.clear()
-            now = time.perf_counter()
-            steps_done = step - last_log_step
-            secs_per_step = (now - last_log_time) / max(steps_done, 1)
-            summary["images_per_sec"] = config.input.batch_size / max(secs_per_step, 1e-9)
-            writer.write_scalars(step, summary)
-            logging.info(
-                "step %d/%d  loss %.4f  lr %.3g  %.1f img/s  ETA %s",
-                step,
-                total_steps,
-                summary["loss"],
-                summary["learning_rate"],
-                summary["images_per_sec"],
-                _format_eta(secs_per_step * (total_steps - step)),
-            )
-            last_log_time, last_log_step = now, step
-        is_eval = step % config.train.eval_every == 0 or step == total_steps
-        if is_eval:
-            scores, _ = evaluate_split(run, state, config.dataset.eval_split)
-            writer.write_scalars(
-                step,
-                {
-                    "val/miou": scores["miou"],
-                    "val/pixel_accuracy": scores["pixel_accuracy"],
-                    "val/mean_accuracy": scores["mean_accuracy"],
-                },
-            )
-            logging.info(
-                "step %d  val mIoU %.2f%%  pixel acc %.2f%%",
-                step,
-                100 * scores["miou"],
-                100 * scores["pixel_accuracy"],
-            )
-            write_eval_report(workdir, config, config.dataset.eval_split, step, scores)
-            last_log_time = time.perf_counter()
-        if is_eval or step % config.train.checkpoint_every == 0:
-            ckpt_metrics = {BEST_METRIC: float(np.nan_to_num(scores["miou"]))} if is_eval else None
-            ckpt.save(step, state, data_state=data_state, metrics=ckpt_metrics)
+    first_step = step
+    compile_seconds = _CompileTimer()
+    with PreemptionWatcher() as preemption:
+        while step < total_steps:
+            batch, data_state = next(batches)
+            if step == first_step:
+                with compile_seconds:
+                    state, step_metrics = run.train_step(state, batch, train_rng)
+            else:
+                state, step_metrics = run.train_step(state, batch, train_rng)
+            step += 1
+            pending.append((step, step_metrics))
+            if step == first_step + 1:
+                jax.block_until_ready(step_metrics)
+                now = time.perf_counter()
+                logging.info(
+                    "First step (compile + run) took %.1f s; compiling the train step: %.1f s%s",
+                    now - last_log_time,
+                    compile_seconds.total,
+                    " (persistent compilation cache hit)" if compile_seconds.cache_hits else "",
+                )
+                # Throughput and ETA count from here, without the compilation.
+                last_log_time, last_log_step = now, step
+            if preemption.reached(step):
+                _check_nonfinite(pending, config.train.max_nonfinite_in_a_row)
+                ckpt.save(step, state, data_state=data_state, force=True)
+                ckpt.wait()
+                logging.warning(
+                    "Stopped by a signal after step %d; checkpoint saved. Run the same "
+                    "command to resume.",
+                    step,
+                )
+                _close(ckpt, writer)
+                return {"step": step, "preempted": True}
+            if step % config.train.log_every == 0 or step == total_steps:
+                _check_nonfinite(pending, config.train.max_nonfinite_in_a_row)
+                summary = _summarise([m for _, m in pending])
+                pending.clear()
+                now = time.perf_counter()
+                secs_per_step = (now - last_log_time) / max(step - last_log_step, 1)
+                summary["images_per_sec"] = config.input.batch_size / max(secs_per_step, 1e-9)
+                writer.write_scalars(step, summary)
+                logging.info(
+                    "step %d/%d  loss %.4f  lr %.3g  %.1f img/s  ETA %s%s",
+                    step,
+                    total_steps,
+                    summary["loss"],
+                    summary["learning_rate"],
+                    summary["images_per_sec"],
+                    _format_eta(secs_per_step * (total_steps - step)),
+                    f"  skipped {summary['nonfinite_total']:.0f} non-finite steps"
+                    if summary["nonfinite_total"]
+                    else "",
+                )
+                last_log_time, last_log_step = now, step
+            is_eval = step % config.train.eval_every == 0 or step == total_steps
+            if is_eval:
+                eval_start = time.perf_counter()
+                scores = _evaluate_and_log(run, state, step, workdir, writer)
+                # Throughput counts training only: move the interval's start past the eval.
+                last_log_time += time.perf_counter() - eval_start
+            if is_eval or step % config.train.checkpoint_every == 0:
+                _check_nonfinite(pending, config.train.max_nonfinite_in_a_row)
+                ckpt_metrics = (
+                    {BEST_METRIC: float(np.nan_to_num(scores["miou"]))} if is_eval else None
+                )
+                ckpt.save(step, state, data_state=data_state, metrics=ckpt_metrics)
     if scores is None:
         # Nothing left to train (a finished run started again): score the final state.
-        scores, _ = evaluate_split(run, state, config.dataset.eval_split)
+        scores, _ = run.evaluator.evaluate_split(state, config.dataset.eval_split)
+    _close(ckpt, writer)
+    return {"step": step, **scores}
+
+
+class NonFiniteError(FloatingPointError):
+    """Too many consecutive training steps had a non-finite loss or gradient."""
+
+
+def _check_nonfinite(pending: list[tuple[int, dict]], limit: int) -> None:
+    # Fetches only the per-step counters; called at log and checkpoint time, so a
+    # checkpoint is never written after the limit was reached.
+    if not pending or limit <= 0:
+        return
+    counts = jax.device_get([m["nonfinite_in_a_row"] for _, m in pending])
+    for (step, metrics_), count in zip(pending, counts, strict=True):
+        if int(count) >= limit:
+            raise NonFiniteError(
+                f"step {step}: {int(count)} steps in a row had a non-finite loss or gradient "
+                f"(loss {float(jax.device_get(metrics_['loss'])):.4g}); stopping. Their updates "
+                "were skipped and the last checkpoint holds the last good state "
+                f"(limit: config.train.max_nonfinite_in_a_row={limit})."
+            )
+
+
+def _summarise(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
+    # Means over the interval; the non-finite counters report their latest value.
+    fetched = jax.device_get(pending)
+    summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    for key in ("nonfinite_in_a_row", "nonfinite_total"):
+        summary[key] = float(fetched[-1][key])
+    return summary
+
+
+def _evaluate_and_log(run: Run, state: TrainState, step: int, workdir: str, writer) -> dict:
+    split = run.config.dataset.eval_split
+    scores, _ = run.evaluator.evaluate_split(state, split)
+    writer.write_scalars(
+        step,
+        {
+            "val/miou": scores["miou"],
+            "val/pixel_accuracy": scores["pixel_accuracy"],
+            "val/mean_accuracy": scores["mean_accuracy"],
+        },
+    )
+    logging.info(
+        "step %d  val mIoU %.2f%%  pixel acc %.2f%%",
+        step,
+        100 * scores["miou"],
+        100 * scores["pixel_accuracy"],
+    )
+    evaluation.write_report(workdir, run.config, split, step, scores)
+    return scores
+
+
+def _close(ckpt: Checkpointer, writer: MetricWriter) -> None:
     ckpt.wait()
     ckpt.close()
     writer.flush()
     writer.close()
-    return {"step": step, **scores}
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """The resolved config a run saved as JSON (`<workdir>/config.json`), locked."""
-    try:
-        with open(path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"{path} not found: is this the --workdir of a segjax run? Otherwise pass --config."
-        ) from e
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    config.lock()
-    return config
+class PreemptionWatcher:
+    """Turns SIGTERM / SIGINT into a request to checkpoint and stop after this step.
 
+    On one process the signals are caught here. On several processes JAX's own
+    preemption notice (which `jax.distributed.initialize` installs for SIGTERM) is
+    used through `multihost_utils.reached_preemption_sync_point`, so that every
+    process stops at the same step.
+    """
 
-def resolve_step(ckpt: Checkpointer, which: str) -> int:
-    """`"latest"`, `"best"` (highest val mIoU) or a step number -> a saved step."""
-    steps = ckpt.all_steps()
-    if not steps:
-        raise FileNotFoundError(f"No checkpoint in {ckpt.directory}")
-    if which == "latest":
-        return ckpt.latest_step()
-    if which == "best":
-        return ckpt.best_step()
-    try:
-        step = int(which)
-    except ValueError:
-        raise ValueError(f"--step={which!r}; expected 'latest', 'best' or a number") from None
-    if step not in steps:
-        raise ValueError(f"No checkpoint for step {step} in {ckpt.directory}; saved: {steps}")
-    return step
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
 
-def evaluate_checkpoint(
-    config: ml_collections.ConfigDict,
-    checkpoint_dir: str,
-    *,
-    which: str = "latest",
-    split: str | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """Restores a checkpoint of `config`'s model and scores it; returns (step, scores)."""
-    mesh = mesh or sharding.make_mesh()
-    run = setup(config, mesh)
-    ckpt = Checkpointer(checkpoint_dir, async_save=False)
-    step = resolve_step(ckpt, which)
-    state = ckpt.restore(step, run.abstract_state)
-    ckpt.close()
-    scores, _ = evaluate_split(run, state, split or config.dataset.eval_split)
-    return step, scores
+    def _handle(self, signum, frame) -> None:
+        del frame
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.requested = True
+        logging.warning(
+            "Received %s: will checkpoint and stop after this step.", signal.Signals(signum).name
+        )
+
+    def __enter__(self) -> PreemptionWatcher:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def reached(self, step: int) -> bool:
+        """True when the run must checkpoint and stop after `step` (agreed by all hosts)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        try:
+            return multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # no preemption service in this distributed runtime
+            return False

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import sharding, train_lib
+from segjax import eval_lib, sharding, train_lib
+from segjax.checkpoint import Checkpointer
 
 
 def _batch(config, seed=0):
@@ -19,7 +20,7 @@ def _batch(config, seed=0):
     return {"image": rng.normal(size=(b, h, w, 3)).astype(np.float32), "label": label}
 
 
-@pytest.mark.parametrize("num_devices", [4, 8])
+@pytest.mark.parametrize("num_devices", [4, pytest.param(8, marks=pytest.mark.slow)])
 def test_one_step_on_several_devices_equals_one_device(tiny_config, num_devices):
     # BatchNorm statistics and the loss are over the global batch in both runs, so the
     # updated parameters and running statistics agree to float tolerance.
@@ -69,22 +70,22 @@ def test_train_checkpoint_resume_eval(tiny_config, tmp_path):
     np.testing.assert_allclose(report["summary"]["miou"], final["miou"])
 
     # Evaluating the saved checkpoint reproduces what training reported for it.
-    step, scores = train_lib.evaluate_checkpoint(
-        train_lib.load_config(os.path.join(workdir, "config.json")), ckpt_dir, mesh=mesh
+    step, scores = eval_lib.evaluate_checkpoint(
+        eval_lib.load_config(os.path.join(workdir, "config.json")), ckpt_dir, mesh=mesh
     )
     assert step == 6
     np.testing.assert_allclose(scores["miou"], final["miou"], rtol=1e-6)
 
     # Lose step 6 as if the run had died after step 3; the same command resumes from 3
     # (model, optimizer, rng and data position) and ends bitwise where it ended before.
-    ckpt = train_lib.Checkpointer(ckpt_dir, async_save=False)
+    ckpt = Checkpointer(ckpt_dir, async_save=False)
     run = train_lib.setup(tiny_config, mesh)
     before = jax.device_get(ckpt.restore(6, run.abstract_state))
     ckpt.close()
     shutil.rmtree(os.path.join(ckpt_dir, "6"))
     resumed = train_lib.train_and_evaluate(tiny_config, workdir, mesh=mesh)
     assert resumed["step"] == 6
-    ckpt = train_lib.Checkpointer(ckpt_dir, async_save=False)
+    ckpt = Checkpointer(ckpt_dir, async_save=False)
     after = jax.device_get(ckpt.restore(6, run.abstract_state))
     ckpt.close()
     jax.tree.map(np.testing.assert_array_equal, before, after)
@@ -103,3 +104,16 @@ def test_workdir_of_another_config_is_refused(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"optimizer\.learning_rate"):
         train_lib.check_workdir_config(workdir, changed)
     train_lib.check_workdir_config(workdir, changed, allow_change=True)
+
+
+def test_loss_options_from_config(tiny_config):
+    config = tiny_config.copy_and_resolve_references()
+    config.loss.name = "cross_entropy+dice:0.5"
+    config.loss.options = '{"dice": {"smooth": 0.0}, "cross_entropy": {"label_smoothing": 0.1}}'
+    assert train_lib.loss_options(config)["dice"] == {"smooth": 0.0}
+    config.loss.options = '{"dice": {"no_such_kwarg": 1}}'
+    with pytest.raises((ValueError, TypeError), match="no_such_kwarg"):
+        train_lib.setup(config, sharding.make_mesh(jax.devices()[:1]))
+    config.loss.options = "{not json"
+    with pytest.raises(ValueError, match=r"config\.loss\.options"):
+        train_lib.loss_options(config)
