@@ -34,14 +34,7 @@ def get_config(arg: str | None = None):
     c.model.output_stride = 8
     c.model.aux_head = False
 
-    c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 0.01
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 5e-4
-    c.optimizer.schedule = "poly"
-    c.optimizer.poly_power = 0.9
-    c.optimizer.end_learning_rate = 1e-4
-    c.optimizer.warmup_steps = 0
+    common.sgd_poly(c)
 
     c.train.steps = args.steps
     c.train.log_every = 50

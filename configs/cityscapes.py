@@ -32,19 +32,9 @@ def get_config(arg: str | None = None):
     c.input.worker_count = 8
     c.input.eval_pad_size = (1024, 2048)
 
-    c.model.name = "deeplabv3plus_resnet50"
-    c.model.output_stride = 8
-    c.model.aux_head = True
-    c.loss.aux_weight = 0.4
+    common.deeplabv3plus_r50_d8(c)
 
-    c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 0.01
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 5e-4
-    c.optimizer.schedule = "poly"
-    c.optimizer.poly_power = 0.9
-    c.optimizer.end_learning_rate = 1e-4
-    c.optimizer.warmup_steps = 0
+    common.sgd_poly(c)
 
     c.train.steps = args.steps
     c.train.log_every = 50

@@ -142,3 +142,23 @@ def base_config() -> ml_collections.ConfigDict:
     # a resumed or repeated run skips compiling them again; "" = off.
     c.train.compilation_cache_dir = ""
     return c
+
+
+def sgd_poly(c: ml_collections.ConfigDict, learning_rate: float = 0.01) -> None:
+    """mmsegmentation's schedule: SGD, momentum 0.9, weight decay 5e-4, poly(0.9) to 1e-4."""
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = learning_rate
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 5e-4
+    c.optimizer.schedule = "poly"
+    c.optimizer.poly_power = 0.9
+    c.optimizer.end_learning_rate = 1e-4
+    c.optimizer.warmup_steps = 0
+
+
+def deeplabv3plus_r50_d8(c: ml_collections.ConfigDict) -> None:
+    """DeepLabv3+ on ResNet-50 at output stride 8 with an auxiliary FCN head (weight 0.4)."""
+    c.model.name = "deeplabv3plus_resnet50"
+    c.model.output_stride = 8
+    c.model.aux_head = True
+    c.loss.aux_weight = 0.4
