@@ -30,10 +30,12 @@ def conv_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int], 
 
 
 # A kxk convolution is computed tap by tap (see `conv2d`) on the CPU when at least this share
-# of its multiply-adds would read padding (XLA:CPU's convolution kernels compute them), or it
-# is depthwise, and its output has at least this many pixels (below, one op per tap costs
-# more than it saves).
+# of its multiply-adds would read padding (XLA:CPU's convolution kernels compute them), or
+# its dilation is at least this (XLA:CPU's dilated convolutions are slow: 1.6x slower than
+# tap by tap at rate 4, 512 channels; README "Performance"), or it is depthwise, and its
+# output has at least this many pixels (below, one op per tap costs more than it saves).
 TAP_SPLIT_MIN_PADDING_SHARE = 0.2
+TAP_SPLIT_MIN_DILATION = 4
 TAP_SPLIT_MIN_OUTPUT_PIXELS = 64
 
 
@@ -104,7 +106,8 @@ def conv2d(
       conv is computed tap by tap when its output has at least
       ``TAP_SPLIT_MIN_OUTPUT_PIXELS`` pixels and either at least
       ``TAP_SPLIT_MIN_PADDING_SHARE`` of its multiply-adds would read padding (large
-      dilations) or it is depthwise (XLA:CPU has no fast grouped convolution).
+      dilations), or its dilation is at least ``TAP_SPLIT_MIN_DILATION``, or it is
+      depthwise (XLA:CPU's dilated and grouped convolutions are slow).
     - ``"taps"``: tap by tap whenever groups is 1 or the conv is depthwise.
     - ``"xla"``: one XLA convolution over every tap (what ``nn.Conv`` does).
 
@@ -149,7 +152,9 @@ def conv2d(
         padding_share = 1.0 - live / (k * k * out_hw[0] * out_hw[1])
         on_cpu = jax.default_backend() == "cpu"
         large = out_hw[0] * out_hw[1] >= TAP_SPLIT_MIN_OUTPUT_PIXELS
-        wasteful = padding_share >= TAP_SPLIT_MIN_PADDING_SHARE
+        wasteful = (
+            padding_share >= TAP_SPLIT_MIN_PADDING_SHARE or dilation >= TAP_SPLIT_MIN_DILATION
+        )
         if method == "taps" or (on_cpu and large and (depthwise or wasteful)):
             return _conv_taps(x, kernel, h_windows, w_windows, out_hw, strides)
     # One XLA convolution over the live taps only (they are contiguous, dead ones at the ends).
