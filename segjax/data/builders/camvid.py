@@ -73,23 +73,5 @@ class SegjaxCamvid(from_files.FromFilesBuilder):
         return out
 
 
-def dataset_dir(data_dir: str | os.PathLike, config: str = "default") -> str:
-    """Where the prepared dataset lives."""
-    return from_files.dataset_dir(NAME, data_dir, config)
-
-
-def is_prepared(data_dir: str | os.PathLike, config: str = "default") -> bool:
-    """Whether `config` is completely prepared under `data_dir`."""
-    return from_files.is_prepared(NAME, data_dir, config)
-
-
-def prepare(
-    data_dir: str | os.PathLike,
-    config: str = "default",
-    manual_dir: str | os.PathLike | None = None,
-) -> tfds.core.DatasetBuilder:
-    """Opens the prepared dataset, preparing it from `manual_dir` first if needed."""
-    return from_files.prepare_builder(
-        lambda d: SegjaxCamvid(config=config, data_dir=d), NAME, data_dir, config,
-        manual_dir, INSTRUCTIONS,
-    )  # fmt: skip
+# Where the prepared dataset lives; whether it is prepared; open it (preparing it first).
+dataset_dir, is_prepared, prepare = from_files.module_functions(NAME, SegjaxCamvid, INSTRUCTIONS)

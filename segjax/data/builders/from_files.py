@@ -482,3 +482,31 @@ def prepare_builder(
         ),
     )
     return tfds.builder_from_directory(path)
+
+
+def module_functions(
+    name: str, builder_cls: type[tfds.core.DatasetBuilder], instructions: str
+) -> tuple[Callable[..., str], Callable[..., bool], Callable[..., tfds.core.DatasetBuilder]]:
+    """A builder module's `dataset_dir`, `is_prepared` and `prepare` for `builder_cls`.
+
+    `prepare(data_dir, config="default", manual_dir=None)` opens the prepared dataset,
+    preparing it from `manual_dir` first if needed.
+    """
+
+    def dataset_dir_fn(data_dir: str | os.PathLike, config: str = "default") -> str:
+        return dataset_dir(name, data_dir, config)
+
+    def is_prepared_fn(data_dir: str | os.PathLike, config: str = "default") -> bool:
+        return is_prepared(name, data_dir, config)
+
+    def prepare_fn(
+        data_dir: str | os.PathLike,
+        config: str = "default",
+        manual_dir: str | os.PathLike | None = None,
+    ) -> tfds.core.DatasetBuilder:
+        return prepare_builder(
+            lambda d: builder_cls(config=config, data_dir=d),
+            name, data_dir, config, manual_dir, instructions,
+        )  # fmt: skip
+
+    return dataset_dir_fn, is_prepared_fn, prepare_fn

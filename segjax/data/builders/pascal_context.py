@@ -20,8 +20,6 @@ Prepare::
 
 from __future__ import annotations
 
-import os
-
 import tensorflow_datasets as tfds
 
 from segjax.data.builders import from_files
@@ -80,23 +78,7 @@ class SegjaxPascalContext(from_files.FromFilesBuilder):
         }
 
 
-def dataset_dir(data_dir: str | os.PathLike, config: str = "default") -> str:
-    """Where the prepared dataset lives."""
-    return from_files.dataset_dir(NAME, data_dir, config)
-
-
-def is_prepared(data_dir: str | os.PathLike, config: str = "default") -> bool:
-    """Whether `config` is completely prepared under `data_dir`."""
-    return from_files.is_prepared(NAME, data_dir, config)
-
-
-def prepare(
-    data_dir: str | os.PathLike,
-    config: str = "default",
-    manual_dir: str | os.PathLike | None = None,
-) -> tfds.core.DatasetBuilder:
-    """Opens the prepared dataset, preparing it from `manual_dir` first if needed."""
-    return from_files.prepare_builder(
-        lambda d: SegjaxPascalContext(config=config, data_dir=d), NAME, data_dir, config,
-        manual_dir, INSTRUCTIONS,
-    )  # fmt: skip
+# Where the prepared dataset lives; whether it is prepared; open it (preparing it first).
+dataset_dir, is_prepared, prepare = from_files.module_functions(
+    NAME, SegjaxPascalContext, INSTRUCTIONS
+)
