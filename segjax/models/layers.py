@@ -9,6 +9,7 @@ torchvision / mmsegmentation, so that their pretrained weights can be ported unc
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 
@@ -85,6 +86,179 @@ def _conv_taps(
     return out
 
 
+def _conv_xla(x: Array, kernel: Array, strides: int, dilation: int, groups: int) -> Array:
+    # One XLA convolution over the live taps only (dead ones lie at the ends of each dim).
+    k = kernel.shape[0]
+    _, h, w, _ = x.shape
+    h_windows = _tap_windows(h, k, dilation, strides)
+    w_windows = _tap_windows(w, k, dilation, strides)
+    live_h = [t for t, (_, n, _) in enumerate(h_windows) if n]
+    live_w = [t for t, (_, n, _) in enumerate(w_windows) if n]
+    kernel = kernel[live_h[0] : live_h[-1] + 1, live_w[0] : live_w[-1] + 1]
+    padding = []
+    for size, live in ((h, live_h), (w, live_w)):
+        out = _out_size(size, k, dilation, strides)
+        low = dilation * (k // 2) - live[0] * dilation
+        high = (out - 1) * strides + dilation * (live[-1] - live[0]) + 1 - size - low
+        padding.append((low, high))
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        (strides, strides),
+        padding,
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def _out_size(size: int, kernel: int, dilation: int, stride: int) -> int:
+    return (size + 2 * dilation * (kernel // 2) - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _use_taps(x_shape, kernel_shape, strides: int, dilation: int, groups: int, method: str) -> bool:
+    # Whether `conv2d` computes the forward tap by tap (see its docstring).
+    k = kernel_shape[0]
+    _, h, w, cin = x_shape
+    depthwise = groups > 1 and groups == cin == kernel_shape[-1]
+    if k == 1 or not (groups == 1 or depthwise):
+        return False
+    if method == "taps":
+        return True
+    h_windows = _tap_windows(h, k, dilation, strides)
+    w_windows = _tap_windows(w, k, dilation, strides)
+    out_h, out_w = _out_size(h, k, dilation, strides), _out_size(w, k, dilation, strides)
+    live = sum(n for _, n, _ in h_windows) * sum(n for _, n, _ in w_windows)
+    padding_share = 1.0 - live / (k * k * out_h * out_w)
+    large = out_h * out_w >= TAP_SPLIT_MIN_OUTPUT_PIXELS
+    wasteful = padding_share >= TAP_SPLIT_MIN_PADDING_SHARE or dilation >= TAP_SPLIT_MIN_DILATION
+    return jax.default_backend() == "cpu" and large and (depthwise or wasteful)
+
+
+def _conv_forward(x: Array, kernel: Array, strides: int, dilation: int, groups: int, method: str):
+    k = kernel.shape[0]
+    if k == 1 and groups == 1 and jax.default_backend() == "cpu":
+        # A matrix product: XLA:CPU's 1x1 convolutions are slower (README "Performance").
+        if strides > 1:
+            x = x[:, ::strides, ::strides]
+        return jnp.einsum("bhwc,cf->bhwf", x, kernel[0, 0])
+    _, h, w, _ = x.shape
+    if _use_taps(x.shape, kernel.shape, strides, dilation, groups, method):
+        out_hw = (_out_size(h, k, dilation, strides), _out_size(w, k, dilation, strides))
+        h_windows = _tap_windows(h, k, dilation, strides)
+        w_windows = _tap_windows(w, k, dilation, strides)
+        return _conv_taps(x, kernel, h_windows, w_windows, out_hw, strides)
+    return _conv_xla(x, kernel, strides, dilation, groups)
+
+
+# Weight gradients by matrix products: the live taps whose windows cover at least this share
+# of the output are gathered, in groups of at most `WGRAD_PATCH_BYTES` of patches, from the
+# zero-padded input and multiplied with the output gradient in one product per group (an
+# im2col); each tap that covers less (large dilations at a small map, where most of its
+# window would be padding) gets its own product over only the window it reads.
+WGRAD_MIN_COVERAGE = 0.5
+WGRAD_PATCH_BYTES = 64 * 2**20
+
+
+def _gram(a: Array, b: Array) -> Array:
+    """``a^T b`` over all leading dims: ``[..., m], [..., n] -> [m, n]``.
+
+    XLA:CPU's library matrix products want the contracted dim of the left operand minor, so
+    the left operand is transposed (a copy, into which XLA fuses its elementwise producers);
+    the narrower of the two is put on the left, and the product transposed back.
+    """
+    a = a.reshape(-1, a.shape[-1])
+    b = b.reshape(-1, b.shape[-1])
+    if a.shape[-1] <= b.shape[-1]:
+        return jnp.einsum("nm,nk->mk", a, b)
+    return jnp.einsum("nk,nm->km", b, a).T
+
+
+def _weight_grad(x: Array, g: Array, k: int, strides: int, dilation: int) -> Array:
+    """``d(sum(conv2d(x, kernel) * g)) / d(kernel)`` as matrix products, ``[k, k, Cin, Cout]``."""
+    b, h, w, cin = x.shape
+    _, out_h, out_w, cout = g.shape
+    h_windows = _tap_windows(h, k, dilation, strides)
+    w_windows = _tap_windows(w, k, dilation, strides)
+    pad = dilation * (k // 2)
+    dense, blocks = [], {}
+    for i, (oh, nh, ih) in enumerate(h_windows):
+        for j, (ow, nw, iw) in enumerate(w_windows):
+            if nh == 0 or nw == 0:
+                continue
+            if nh * nw >= WGRAD_MIN_COVERAGE * out_h * out_w:
+                dense.append((i, j))
+                continue
+            window = lax.slice(
+                x,
+                (0, ih, iw, 0),
+                (b, ih + (nh - 1) * strides + 1, iw + (nw - 1) * strides + 1, cin),
+                (1, strides, strides, 1),
+            )
+            g_window = g[:, oh : oh + nh, ow : ow + nw]
+            blocks[i, j] = _gram(window, g_window)
+    if dense:
+        padded = None
+
+        def window(i: int, j: int) -> Array:
+            # A tap whose window lies inside the input reads it directly, others the padded one.
+            nonlocal padded
+            (_, nh, ih), (_, nw, iw) = h_windows[i], w_windows[j]
+            if nh == out_h and nw == out_w:
+                source, start = x, (ih, iw)
+            else:
+                if padded is None:
+                    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+                source, start = padded, (i * dilation, j * dilation)
+            return lax.slice(
+                source,
+                (0, *start, 0),
+                (
+                    b,
+                    start[0] + (out_h - 1) * strides + 1,
+                    start[1] + (out_w - 1) * strides + 1,
+                    cin,
+                ),
+                (1, strides, strides, 1),
+            )
+
+        tap_bytes = b * out_h * out_w * cin * x.dtype.itemsize
+        per_group = max(1, WGRAD_PATCH_BYTES // max(tap_bytes, 1))
+        for start in range(0, len(dense), per_group):
+            taps = dense[start : start + per_group]
+            windows = [window(i, j) for i, j in taps]
+            patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+            grads = _gram(patches, g)
+            for t, tap in enumerate(taps):
+                blocks[tap] = grads[t * cin : (t + 1) * cin]
+    zeros = jnp.zeros((cin, cout), g.dtype)
+    rows = [jnp.stack([blocks.get((i, j), zeros) for j in range(k)]) for i in range(k)]
+    return jnp.stack(rows)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_dot_wgrad(x: Array, kernel: Array, strides: int, dilation: int, method: str) -> Array:
+    # A dense (groups 1) kxk conv whose weight gradient is computed by `_weight_grad`: XLA:CPU
+    # computes the transposed convolution that autodiff gives for it 2-15x slower than the
+    # same multiply-adds as matrix products (README "Performance").
+    return _conv_forward(x, kernel, strides, dilation, 1, method)
+
+
+def _conv_dot_wgrad_fwd(x, kernel, strides, dilation, method):
+    return _conv_forward(x, kernel, strides, dilation, 1, method), (x, kernel)
+
+
+def _conv_dot_wgrad_bwd(strides, dilation, method, residuals, g):
+    x, kernel = residuals
+    _, x_vjp = jax.vjp(lambda x: _conv_forward(x, kernel, strides, dilation, 1, method), x)
+    (dx,) = x_vjp(g)
+    dw = _weight_grad(x, g, kernel.shape[0], strides, dilation).astype(kernel.dtype)
+    return dx, dw
+
+
+_conv_dot_wgrad.defvjp(_conv_dot_wgrad_fwd, _conv_dot_wgrad_bwd)
+
+
 def conv2d(
     x: Array,
     kernel: Array,
@@ -97,19 +271,24 @@ def conv2d(
     """NHWC convolution with symmetric padding ``dilation * (k // 2)``, skipping dead taps.
 
     Equal to ``lax.conv_general_dilated(x, kernel, (s, s), conv_padding(k, dilation),
-    rhs_dilation=(dilation, dilation), feature_group_count=groups)`` up to float rounding.
+    rhs_dilation=(dilation, dilation), feature_group_count=groups)`` up to float rounding,
+    values and gradients.
 
     ``method`` (default ``$SEGJAX_CONV``, else ``"auto"``):
 
     - ``"auto"``: the taps of a dilated kernel that read only padding (DeepLab's ASPP rate
-      36 on a 32x32 map: all but the centre) are dropped, on every backend; on the CPU, the
-      conv is computed tap by tap when its output has at least
-      ``TAP_SPLIT_MIN_OUTPUT_PIXELS`` pixels and either at least
+      36 on a 32x32 map: all but the centre) are dropped, on every backend. On the CPU:
+      a 1x1 conv (groups 1) is a matrix product; a kxk conv is computed tap by tap when its
+      output has at least ``TAP_SPLIT_MIN_OUTPUT_PIXELS`` pixels and either at least
       ``TAP_SPLIT_MIN_PADDING_SHARE`` of its multiply-adds would read padding (large
       dilations), or its dilation is at least ``TAP_SPLIT_MIN_DILATION``, or it is
-      depthwise (XLA:CPU's dilated and grouped convolutions are slow).
-    - ``"taps"``: tap by tap whenever groups is 1 or the conv is depthwise.
-    - ``"xla"``: one XLA convolution over every tap (what ``nn.Conv`` does).
+      depthwise (XLA:CPU's dilated and grouped convolutions are slow), else it is one XLA
+      convolution; and the kernel gradient of a groups-1 kxk conv is computed as matrix
+      products (`_weight_grad`), not as the transposed convolution of autodiff.
+    - ``"taps"``: as ``"auto"`` on the CPU, with every kxk forward tap by tap (groups 1 or
+      depthwise), whatever the backend.
+    - ``"xla"``: one XLA convolution over every tap and plain autodiff (what ``nn.Conv``
+      does).
 
     Tap by tap, each tap is one matrix product (depthwise: one product per channel) over
     only the input window it reads, zero-padded to the output and summed; XLA:CPU's
@@ -130,7 +309,6 @@ def conv2d(
     if method not in ("auto", "taps", "xla"):
         raise ValueError(f"conv method must be 'auto', 'taps' or 'xla', got {method!r}")
     k = kernel.shape[0]
-    _, h, w, cin = x.shape
     if method == "xla":
         return lax.conv_general_dilated(
             x,
@@ -141,40 +319,10 @@ def conv2d(
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=groups,
         )
-    h_windows = _tap_windows(h, k, dilation, strides)
-    w_windows = _tap_windows(w, k, dilation, strides)
-    out_hw = tuple(
-        (size + 2 * dilation * (k // 2) - dilation * (k - 1) - 1) // strides + 1 for size in (h, w)
-    )
-    depthwise = groups > 1 and groups == cin == kernel.shape[-1]
-    if k > 1 and (groups == 1 or depthwise):
-        live = sum(n for _, n, _ in h_windows) * sum(n for _, n, _ in w_windows)
-        padding_share = 1.0 - live / (k * k * out_hw[0] * out_hw[1])
-        on_cpu = jax.default_backend() == "cpu"
-        large = out_hw[0] * out_hw[1] >= TAP_SPLIT_MIN_OUTPUT_PIXELS
-        wasteful = (
-            padding_share >= TAP_SPLIT_MIN_PADDING_SHARE or dilation >= TAP_SPLIT_MIN_DILATION
-        )
-        if method == "taps" or (on_cpu and large and (depthwise or wasteful)):
-            return _conv_taps(x, kernel, h_windows, w_windows, out_hw, strides)
-    # One XLA convolution over the live taps only (they are contiguous, dead ones at the ends).
-    live_h = [t for t, (_, n, _) in enumerate(h_windows) if n]
-    live_w = [t for t, (_, n, _) in enumerate(w_windows) if n]
-    kernel = kernel[live_h[0] : live_h[-1] + 1, live_w[0] : live_w[-1] + 1]
-    padding = []
-    for size, out, live in ((h, out_hw[0], live_h), (w, out_hw[1], live_w)):
-        low = dilation * (k // 2) - live[0] * dilation
-        high = (out - 1) * strides + dilation * (live[-1] - live[0]) + 1 - size - low
-        padding.append((low, high))
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        (strides, strides),
-        padding,
-        rhs_dilation=(dilation, dilation),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
+    on_cpu = jax.default_backend() == "cpu"
+    if groups == 1 and (on_cpu or method == "taps"):
+        return _conv_dot_wgrad(x, kernel, strides, dilation, method)
+    return _conv_forward(x, kernel, strides, dilation, groups, method)
 
 
 class Conv2D(nn.Module):

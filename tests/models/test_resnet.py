@@ -65,11 +65,18 @@ def _conv_dilations(model, shape=(1, 33, 47, 3)):
     """Maps each 3x3 conv's module path to the rhs_dilation it is lowered with."""
     x = jnp.zeros(shape)
     jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(_abstract(model, shape), x)
-    return [
-        eqn.params["rhs_dilation"]
-        for eqn in jaxpr.jaxpr.eqns
-        if eqn.primitive.name == "conv_general_dilated" and eqn.params["rhs_dilation"] != (1, 1)
-    ]
+
+    def walk(jaxpr):  # into the jaxprs of custom_vjp calls (`layers.conv2d` on the CPU)
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                if eqn.params["rhs_dilation"] != (1, 1):
+                    yield eqn.params["rhs_dilation"]
+            for param in eqn.params.values():
+                inner = getattr(param, "jaxpr", param)
+                if hasattr(inner, "eqns"):
+                    yield from walk(inner)
+
+    return list(walk(jaxpr.jaxpr))
 
 
 def test_dilation_schedule_and_multi_grid():

@@ -1,0 +1,114 @@
+"""`segjax.models.layers.conv2d` against one plain XLA convolution: values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from segjax.models import layers
+
+
+def _reference(x, kernel, strides, dilation, groups):
+    k = kernel.shape[0]
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        (strides, strides),
+        layers.conv_padding(k, dilation),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+        precision=lax.Precision.HIGHEST,
+    )
+
+
+def _value_and_grads(conv, x, kernel, g):
+    y, vjp = jax.vjp(conv, x, kernel)
+    return (y, *vjp(g))
+
+
+# (size, channels in, out, kernel, stride, dilation, groups): plain, strided, odd sizes, 1x1
+# (strided), dilations whose taps partly or wholly read padding (ASPP at a small map), the
+# 7x7 stem, depthwise.
+CASES = [
+    ((9, 9), 5, 6, 3, 1, 1, 1),
+    ((10, 7), 4, 3, 3, 2, 1, 1),
+    ((11, 11), 3, 8, 1, 1, 1, 1),
+    ((11, 9), 6, 4, 1, 2, 1, 1),
+    ((12, 12), 4, 5, 3, 1, 2, 1),
+    ((9, 10), 3, 4, 3, 1, 4, 1),
+    ((8, 8), 4, 4, 3, 1, 6, 1),
+    ((8, 8), 3, 2, 3, 1, 9, 1),
+    ((13, 13), 3, 4, 7, 2, 1, 1),
+    ((10, 10), 6, 6, 3, 1, 3, 6),
+    ((9, 9), 4, 4, 3, 2, 1, 4),
+]
+
+
+@pytest.mark.parametrize("method", ["auto", "taps", "xla"])
+@pytest.mark.parametrize("size,cin,cout,k,strides,dilation,groups", CASES)
+def test_conv2d_matches_one_xla_convolution(method, size, cin, cout, k, strides, dilation, groups):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, *size, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, cin // groups, cout)), jnp.float32)
+    out_hw = [-(-s // strides) for s in size]
+    g = jnp.asarray(rng.normal(size=(2, *out_hw, cout)), jnp.float32)
+
+    def conv(x, kernel):
+        return layers.conv2d(
+            x, kernel, strides=strides, dilation=dilation, groups=groups, method=method
+        )
+
+    with jax.default_matmul_precision("highest"):
+        got = jax.jit(lambda *a: _value_and_grads(conv, *a))(x, kernel, g)
+    want = _value_and_grads(
+        lambda x, kernel: _reference(x, kernel, strides, dilation, groups), x, kernel, g
+    )
+    for name, a, b in zip(("output", "input gradient", "kernel gradient"), got, want, strict=True):
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_weight_grad_groups_and_sparse_taps_match_autodiff(monkeypatch):
+    # Patches split into one group per tap, and a dilation at which the outer taps cover
+    # under half of the output (their own product each) and the corner taps read nothing.
+    monkeypatch.setattr(layers, "WGRAD_PATCH_BYTES", 1)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 12, 12, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    for dilation in (1, 8, 12):
+        g = jnp.asarray(rng.normal(size=(2, 12, 12, 4)), jnp.float32)
+        with jax.default_matmul_precision("highest"):
+            got = layers._weight_grad(x, g, 3, 1, dilation)
+        _, vjp = jax.vjp(lambda k, d=dilation: _reference(x, k, 1, d, 1), kernel)
+        np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-4, atol=1e-4, err_msg=str(dilation))
+
+
+def test_conv2d_bfloat16_keeps_dtypes():
+    x = jnp.ones((1, 8, 8, 4), jnp.bfloat16)
+    kernel = jnp.ones((3, 3, 4, 2), jnp.bfloat16)
+    y, vjp = jax.vjp(lambda x, k: layers.conv2d(x, k, dilation=2), x, kernel)
+    dx, dk = vjp(jnp.ones_like(y))
+    assert (y.dtype, dx.dtype, dk.dtype) == (jnp.bfloat16,) * 3
+    # Centre pixel, every tap inside: 9 taps x 4 channels of ones.
+    assert float(y[0, 4, 4, 0]) == 36.0
+
+
+def test_conv2d_module_has_nn_conv_parameters():
+    x = jnp.ones((1, 8, 8, 3))
+    for kwargs in ({}, {"use_bias": True}, {"groups": 3}):
+        ours = layers.Conv2D(3, 3, **kwargs).init(jax.random.key(0), x)
+        theirs = nn.Conv(
+            3,
+            (3, 3),
+            use_bias=kwargs.get("use_bias", False),
+            feature_group_count=kwargs.get("groups", 1),
+        ).init(jax.random.key(0), x)
+        assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, theirs)
+
+
+def test_conv2d_rejects_unknown_method():
+    with pytest.raises(ValueError, match="'fast'"):
+        layers.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), method="fast")
