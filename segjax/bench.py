@@ -20,9 +20,13 @@ Examples::
         --data dataset          # also times the grain input pipeline alone
 
 ``--data synthetic`` (default) feeds one random batch already on device, so the figures
-are the model's alone; ``--data dataset`` reads the prepared ``segjax_shapes`` dataset
-through ``segjax.data.pipeline.train_loader`` and reports the pipeline's images/s alone
-next to the train step fed by it.
+are the model's alone; ``--data dataset`` reads a prepared dataset (``--dataset``, default
+``segjax_shapes``) through ``segjax.data.pipeline.train_loader`` and reports the pipeline's
+images/s alone next to the train step fed by it; ``--pipeline_only`` times the pipeline
+alone (``--steps`` batches), e.g. Cityscapes-sized images at a 512x512 crop::
+
+    python -m segjax.bench --pipeline_only --dataset folder --data_dir DIR \
+        --batch 8 --size 512 512 --workers 2 --steps 20
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import numpy as np
 
 from segjax import evaluation, sharding, train_lib
 from segjax.data import pipeline
-from segjax.data.datasets import DATASETS
+from segjax.data.datasets import get_spec
 
 # Dense peak TFLOP/s per chip, by `device_kind` substring (first match wins), for the
 # compute dtype. float32 entries are what XLA's default matmul precision gives: TF32 on
@@ -84,6 +88,7 @@ def bench_config(
     num_classes: int = 21,
     output_stride: int | None = None,
     data_dir: str | None = None,
+    dataset: str = "segjax_shapes",
     dataset_config: str = "default",
     worker_count: int | None = None,
 ) -> ml_collections.ConfigDict:
@@ -101,6 +106,7 @@ def bench_config(
     c.model.output_stride = output_stride
     c.model.aux_head = False
     c.dataset.num_classes = num_classes
+    c.dataset.name = dataset
     c.dataset.config = dataset_config
     if data_dir:
         c.dataset.data_dir = data_dir
@@ -205,6 +211,32 @@ def profile_ops(compiled, run_step: Callable[[], Any], steps: int = 2, top: int 
     return {
         "by_op": [[round(ms, 3), n, described[n]] for n, ms in per_op.most_common(top)],
         "by_kind": {k: round(v, 3) for k, v in by_kind.most_common()},
+    }
+
+
+def pipeline_benchmark(config: ml_collections.ConfigDict, batches: int = 20) -> dict[str, Any]:
+    """Images/s of the grain train pipeline alone (`train.py`'s), on the config's dataset.
+
+    Reads the prepared dataset `config.dataset` and times `batches` batches of this
+    process's share of `config.input.batch_size` at `config.input.crop_size`, with
+    `config.input.worker_count` workers, after one untimed batch (worker start-up).
+    """
+    mesh = sharding.make_mesh(jax.devices())
+    source = pipeline.load_split(config, config.dataset.train_split)
+    per_process = sharding.local_batch_size(config.input.batch_size, mesh)
+    loader = pipeline.train_loader(config, source, per_process_batch=per_process, seed=config.seed)
+    images_per_s = _pipeline_images_per_second(iter(loader), batches, per_process)
+    return {
+        "dataset": f"{config.dataset.name}/{config.dataset.config}",
+        "records": len(source),
+        "batch": config.input.batch_size,
+        "size": list(config.input.crop_size),
+        "worker_count": config.input.worker_count,
+        "batches": batches,
+        "cpu_count": os.cpu_count(),
+        "host": platform.node(),
+        "load_average": list(os.getloadavg()),
+        "pipeline_img_per_s": images_per_s * jax.process_count(),
     }
 
 
@@ -375,7 +407,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--num_classes", type=int, default=None, help="default: 21, or the dataset's classes"
     )
-    parser.add_argument("--dataset_config", default="default", help="segjax_shapes config")
+    parser.add_argument(
+        "--dataset", default="segjax_shapes", help="prepared dataset for --data dataset"
+    )
+    parser.add_argument("--dataset_config", default="default", help="its builder config")
+    parser.add_argument(
+        "--pipeline_only",
+        action="store_true",
+        help="time only the input pipeline on --dataset (no model, nothing compiled)",
+    )
     parser.add_argument("--devices", type=int, default=None, help="default: all local")
     parser.add_argument("--no_inference", action="store_true", help="time training only")
     parser.add_argument(
@@ -384,7 +424,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     num_classes = args.num_classes
     if num_classes is None:
-        num_classes = len(DATASETS["segjax_shapes"].class_names) if args.data == "dataset" else 21
+        uses_data = args.data == "dataset" or args.pipeline_only
+        # `folder` datasets name their classes in the prepared data: give --num_classes.
+        num_classes = (len(get_spec(args.dataset).class_names) if uses_data else 0) or 21
     config = bench_config(
         args.model,
         batch=args.batch,
@@ -393,9 +435,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         num_classes=num_classes,
         output_stride=args.output_stride,
         data_dir=args.data_dir,
+        dataset=args.dataset,
         dataset_config=args.dataset_config,
         worker_count=args.workers,
     )
+    if args.pipeline_only:
+        result = pipeline_benchmark(config, batches=args.steps)
+        print(json.dumps(result), flush=True)
+        return result
     result = run_benchmark(
         config,
         steps=args.steps,
