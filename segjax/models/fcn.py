@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.vgg import VGGFullyConv
-from segjax.models.layers import resize_bilinear
+from segjax.models.layers import classifier_conv, resize_bilinear
 from segjax.models.upsampling import LearnedUpsample
 
 Array = jax.Array
@@ -103,6 +103,4 @@ class FCN(nn.Module):
         return outputs
 
     def _score(self, x: Array, name: str) -> Array:
-        return nn.Conv(
-            self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name=name
-        )(x)
+        return classifier_conv(self.num_classes, self.dtype, name=name)(x)

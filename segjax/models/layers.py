@@ -341,6 +341,8 @@ class Conv2D(nn.Module):
         groups: ``feature_group_count``.
         use_bias: add a learned bias.
         dtype: compute dtype; parameters are float32.
+        kernel_init: initialiser of the kernel (default: torchvision's kaiming fan-out).
+        bias_init: initialiser of the bias.
     """
 
     features: int
@@ -350,19 +352,17 @@ class Conv2D(nn.Module):
     groups: int = 1
     use_bias: bool = False
     dtype: jnp.dtype = jnp.float32
+    kernel_init: Callable = conv_kernel_init
+    bias_init: Callable = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """``[B, H, W, Cin] -> [B, ceil(H / strides), ceil(W / strides), features]``."""
         k = self.kernel_size
         kernel = self.param(
-            "kernel", conv_kernel_init, (k, k, x.shape[-1] // self.groups, self.features)
+            "kernel", self.kernel_init, (k, k, x.shape[-1] // self.groups, self.features)
         )
-        bias = (
-            self.param("bias", nn.initializers.zeros_init(), (self.features,))
-            if self.use_bias
-            else None
-        )
+        bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = conv2d(x, kernel, strides=self.strides, dilation=self.dilation, groups=self.groups)
         return y if bias is None else y + bias
@@ -489,6 +489,20 @@ def conv_block(
     return ConvBNReLU(features, kernel_size, dilation=dilation, dtype=dtype, name=name)
 
 
+def classifier_conv(
+    num_classes: int, dtype: jnp.dtype, kernel_size: int = 1, name: str | None = None
+) -> Conv2D:
+    """A conv with bias to class logits, initialised as ``nn.Conv``'s defaults (LeCun normal)."""
+    return Conv2D(
+        num_classes,
+        kernel_size,
+        use_bias=True,
+        dtype=dtype,
+        kernel_init=nn.initializers.lecun_normal(),
+        name=name,
+    )
+
+
 class Classifier(nn.Module):
     """Dropout -> 1x1 conv with bias to ``num_classes`` logits (the ``conv_seg`` of mmseg).
 
@@ -507,9 +521,7 @@ class Classifier(nn.Module):
         """``[B, H, W, C] -> [B, H, W, num_classes]``."""
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Conv(
-            self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="conv"
-        )(x)
+        return classifier_conv(self.num_classes, self.dtype, name="conv")(x)
 
 
 class PixelMLP(nn.Module):

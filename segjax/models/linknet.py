@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.resnet import ResNet
-from segjax.models.layers import ConvBNReLU, batch_norm
+from segjax.models.layers import ConvBNReLU, batch_norm, classifier_conv
 from segjax.models.unet import _aux_logits, pad_to_multiple
 
 Array = jax.Array
@@ -117,9 +117,7 @@ class LinkNet(nn.Module):
             d, train=train
         )
         d = ConvBNReLU(self.final_width, 3, dtype=self.dtype, name="final_conv")(d, train=train)
-        logits = nn.Conv(
-            self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="classifier"
-        )(d)
+        logits = classifier_conv(self.num_classes, self.dtype, name="classifier")(d)
         outputs = {"logits": logits[:, :h, :w].astype(jnp.float32)}
         if self.aux_head:
             aux = _aux_logits(feats["s16"], self.num_classes, self.dtype, train, d.shape[1:3])

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.vgg import FEATURE_KEYS, VGG16_STAGES, VGGConv, VGGFullyConv
-from segjax.models.layers import resize_bilinear
+from segjax.models.layers import classifier_conv, resize_bilinear
 
 Array = jax.Array
 
@@ -154,14 +154,7 @@ class SegNet(nn.Module):
                 name = f"conv{i + 1}_{len(widths) - j}_D"  # SegNet's Caffe layer names.
                 if i == 0 and j == len(widths) - 1:
                     # The classifier: a 3x3 conv to K, no BN, no ReLU.
-                    x = nn.Conv(
-                        width,
-                        (3, 3),
-                        padding=((1, 1), (1, 1)),
-                        dtype=self.dtype,
-                        param_dtype=jnp.float32,
-                        name=name,
-                    )(x)
+                    x = classifier_conv(width, self.dtype, kernel_size=3, name=name)(x)
                 else:
                     x = VGGConv(width, batch_norm=True, dtype=self.dtype, name=name)(x, train=train)
         return _outputs(x, self.aux_head, features, image.shape[1:3], train)
@@ -215,9 +208,7 @@ class DeconvNet(nn.Module):
                 x = VGGConv(
                     width, batch_norm=True, dtype=self.dtype, name=f"deconv{i + 1}_{j + 1}"
                 )(x, train=train)
-        x = nn.Conv(
-            self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="score"
-        )(x)
+        x = classifier_conv(self.num_classes, self.dtype, name="score")(x)
         return _outputs(x, self.aux_head, features, image.shape[1:3], train)
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.heads.fcn import FCNHead
-from segjax.models.layers import ConvBNReLU, resize_bilinear
+from segjax.models.layers import ConvBNReLU, classifier_conv, resize_bilinear
 
 Array = jax.Array
 
@@ -144,9 +144,7 @@ class UNet(nn.Module):
             x = TransposedConv2x2(width, dtype=self.dtype, name=f"up{i + 1}_upconv")(x)
             x = jnp.concatenate([skips[i], x], axis=-1)
             x = DoubleConv(width, dtype=self.dtype, name=f"up{i + 1}")(x, train=train)
-        logits = nn.Conv(
-            self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="classifier"
-        )(x)
+        logits = classifier_conv(self.num_classes, self.dtype, name="classifier")(x)
         outputs = {"logits": logits[:, :h, :w].astype(jnp.float32)}
         if self.aux_head:
             aux = _aux_logits(bottom, self.num_classes, self.dtype, train, x.shape[1:3])
@@ -209,13 +207,9 @@ class UNetPlusPlus(nn.Module):
                 nodes[i].append(block(i, j, jnp.concatenate([*nodes[i], up], axis=-1)))
 
         def classify(j: int) -> Array:
-            logits = nn.Conv(
-                self.num_classes,
-                (1, 1),
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                name=f"classifier{j}",
-            )(nodes[0][j])
+            logits = classifier_conv(self.num_classes, self.dtype, name=f"classifier{j}")(
+                nodes[0][j]
+            )
             return logits[:, :h, :w].astype(jnp.float32)
 
         outputs: dict = {"logits": classify(self.depth)}

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import batch_norm, conv_kernel_init, conv_padding
+from segjax.models.layers import Conv2D, batch_norm
 
 Array = jax.Array
 
@@ -67,14 +67,12 @@ class VGGConv(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         """``[B, H, W, Cin] -> [B, H, W, features]`` (same size: symmetric padding)."""
-        x = nn.Conv(
+        x = Conv2D(
             self.features,
-            (self.kernel_size, self.kernel_size),
-            padding=conv_padding(self.kernel_size, self.dilation),
-            kernel_dilation=(self.dilation, self.dilation),
-            kernel_init=conv_kernel_init,
+            self.kernel_size,
+            dilation=self.dilation,
+            use_bias=True,
             dtype=self.dtype,
-            param_dtype=jnp.float32,
             name="conv",
         )(x)
         if self.batch_norm:

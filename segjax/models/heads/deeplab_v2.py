@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones.vgg import VGGFullyConv
-from segjax.models.layers import conv_padding
+from segjax.models.layers import Conv2D
 
 Array = jax.Array
 
@@ -81,15 +81,14 @@ class ASPPSumHead(nn.Module):
         del train  # No BN, no dropout: the branches are bare classifiers.
         x = features[self.in_key]
         branches = [
-            nn.Conv(
+            Conv2D(
                 self.num_classes,
-                (3, 3),
-                padding=conv_padding(3, rate),
-                kernel_dilation=(rate, rate),
+                3,
+                dilation=rate,
+                use_bias=True,
                 # The prototxt's gaussian(std=0.01) filler for the fc1_* classifiers.
                 kernel_init=nn.initializers.normal(0.01),
                 dtype=self.dtype,
-                param_dtype=jnp.float32,
                 name=f"branch{i}",
             )(x)
             for i, rate in enumerate(self.rates)

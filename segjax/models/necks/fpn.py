@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax.models.layers import conv_padding
+from segjax.models.layers import Conv2D
 
 Array = jax.Array
 
@@ -48,14 +48,13 @@ class FPN(nn.Module):
         """Adds ``fpn_s4`` ... ``fpn_s32``: ``[B, h_k, w_k, channels]`` at each level's size."""
         del train  # No norm, no dropout.
 
-        def conv(k: int, name: str) -> nn.Conv:
-            return nn.Conv(
+        def conv(k: int, name: str) -> Conv2D:
+            return Conv2D(
                 self.channels,
-                (k, k),
-                padding=conv_padding(k),
+                k,
+                use_bias=True,
                 kernel_init=nn.initializers.xavier_uniform(),
                 dtype=self.dtype,
-                param_dtype=jnp.float32,
                 name=name,
             )
 
