@@ -57,12 +57,24 @@ def train_loader(
         ),
         grain.Batch(per_process_batch, drop_remainder=True),
     ]
+    if ic.worker_count > 0:
+        _absl_flags_ready()
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
         operations=operations,
         worker_count=ic.worker_count,
     )
+
+
+def _absl_flags_ready() -> None:
+    # grain's worker processes read absl flags (their defaults) and fail with
+    # UnparsedFlagAccessError outside an absl app (`python -m segjax.bench`, a notebook);
+    # train.py parses them itself.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def load_split(config: ml_collections.ConfigDict, split: str):

@@ -158,6 +158,15 @@ def _conv_forward(x: Array, kernel: Array, strides: int, dilation: int, groups: 
 # window would be padding) gets its own product over only the window it reads.
 WGRAD_MIN_COVERAGE = 0.5
 WGRAD_PATCH_BYTES = 64 * 2**20
+# kxk convs with under WGRAD_MIN_CHANNELS input channels (the 7x7 stem: 37 ms by
+# autodiff, 40 by patches; tiny test models, whose compile time patches lengthen), or
+# under WGRAD_ANY_SIZE_CHANNELS with an input over WGRAD_MAX_INPUT_BYTES, keep autodiff's
+# kernel gradient, which needs no patches (XLA:CPU is about as fast there: 3x3 64 -> 64 at
+# 64x64, 31 vs 30 ms): with patches everywhere, U-Net's train step at batch 4, 256x256
+# peaked at 6.7 GB (2.4 GB with autodiff's), with these limits at 3.8 GB.
+WGRAD_MIN_CHANNELS = 64
+WGRAD_ANY_SIZE_CHANNELS = 256
+WGRAD_MAX_INPUT_BYTES = 16 * 2**20
 
 
 def _gram(a: Array, b: Array) -> Array:
@@ -169,9 +178,10 @@ def _gram(a: Array, b: Array) -> Array:
     """
     a = a.reshape(-1, a.shape[-1])
     b = b.reshape(-1, b.shape[-1])
+    # Sums over every pixel of the batch: accumulated and returned in float32.
     if a.shape[-1] <= b.shape[-1]:
-        return jnp.einsum("nm,nk->mk", a, b)
-    return jnp.einsum("nk,nm->km", b, a).T
+        return jnp.einsum("nm,nk->mk", a, b, preferred_element_type=jnp.float32)
+    return jnp.einsum("nk,nm->km", b, a, preferred_element_type=jnp.float32).T
 
 
 def _weight_grad(x: Array, g: Array, k: int, strides: int, dilation: int) -> Array:
@@ -231,14 +241,14 @@ def _weight_grad(x: Array, g: Array, k: int, strides: int, dilation: int) -> Arr
             grads = _gram(patches, g)
             for t, tap in enumerate(taps):
                 blocks[tap] = grads[t * cin : (t + 1) * cin]
-    zeros = jnp.zeros((cin, cout), g.dtype)
+    zeros = jnp.zeros((cin, cout), jnp.float32)
     rows = [jnp.stack([blocks.get((i, j), zeros) for j in range(k)]) for i in range(k)]
     return jnp.stack(rows)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_dot_wgrad(x: Array, kernel: Array, strides: int, dilation: int, method: str) -> Array:
-    # A dense (groups 1) kxk conv whose weight gradient is computed by `_weight_grad`: XLA:CPU
+    # A groups-1 conv whose weight gradient is computed by `_weight_grad`: XLA:CPU
     # computes the transposed convolution that autodiff gives for it 2-15x slower than the
     # same multiply-adds as matrix products (README "Performance").
     return _conv_forward(x, kernel, strides, dilation, 1, method)
@@ -283,8 +293,10 @@ def conv2d(
       ``TAP_SPLIT_MIN_PADDING_SHARE`` of its multiply-adds would read padding (large
       dilations), or its dilation is at least ``TAP_SPLIT_MIN_DILATION``, or it is
       depthwise (XLA:CPU's dilated and grouped convolutions are slow), else it is one XLA
-      convolution; and the kernel gradient of a groups-1 kxk conv is computed as matrix
-      products (`_weight_grad`), not as the transposed convolution of autodiff.
+      convolution; and the kernel gradient of a groups-1 conv (kxk: with at least
+      ``WGRAD_MIN_CHANNELS`` input channels, and at least ``WGRAD_ANY_SIZE_CHANNELS`` or
+      an input of at most ``WGRAD_MAX_INPUT_BYTES``) is computed as matrix products
+      (`_weight_grad`), not as the transposed convolution of autodiff.
     - ``"taps"``: as ``"auto"`` on the CPU, with every kxk forward tap by tap (groups 1 or
       depthwise), whatever the backend.
     - ``"xla"``: one XLA convolution over every tap and plain autodiff (what ``nn.Conv``
@@ -320,7 +332,12 @@ def conv2d(
             feature_group_count=groups,
         )
     on_cpu = jax.default_backend() == "cpu"
-    if groups == 1 and (on_cpu or method == "taps"):
+    cin = x.shape[-1]
+    matrix_wgrad = k == 1 or (
+        cin >= WGRAD_MIN_CHANNELS
+        and (cin >= WGRAD_ANY_SIZE_CHANNELS or x.size * x.dtype.itemsize <= WGRAD_MAX_INPUT_BYTES)
+    )
+    if groups == 1 and (on_cpu or method == "taps") and matrix_wgrad:
         return _conv_dot_wgrad(x, kernel, strides, dilation, method)
     return _conv_forward(x, kernel, strides, dilation, groups, method)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from absl import flags
 
 from configs import default
 from segjax.data import datasets, pipeline, prepare
@@ -88,7 +87,7 @@ def test_workers_yield_the_same_samples(tiny_config):
     """grain gives each record its own Generator, so samples do not depend on workers;
     with W workers, worker i batches records i, i+W, ...: every W batches hold the same
     samples as W batches of the in-process loader."""
-    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
+    # No absl app here: train_loader readies the absl flags that grain's workers read.
     with tiny_config.unlocked():
         tiny_config.input.photometric = True
     source = pipeline.load_split(tiny_config, "train")

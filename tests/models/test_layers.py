@@ -49,7 +49,11 @@ CASES = [
 
 @pytest.mark.parametrize("method", ["auto", "taps", "xla"])
 @pytest.mark.parametrize("size,cin,cout,k,strides,dilation,groups", CASES)
-def test_conv2d_matches_one_xla_convolution(method, size, cin, cout, k, strides, dilation, groups):
+def test_conv2d_matches_one_xla_convolution(
+    method, size, cin, cout, k, strides, dilation, groups, monkeypatch
+):
+    # Every kxk conv here takes the matrix-product kernel gradient, whatever its channels.
+    monkeypatch.setattr(layers, "WGRAD_MIN_CHANNELS", 0)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, *size, cin)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(k, k, cin // groups, cout)), jnp.float32)
@@ -69,6 +73,23 @@ def test_conv2d_matches_one_xla_convolution(method, size, cin, cout, k, strides,
     for name, a, b in zip(("output", "input gradient", "kernel gradient"), got, want, strict=True):
         assert a.shape == b.shape, name
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_few_channels_or_large_inputs_keep_autodiff_kernel_gradient(monkeypatch):
+    # Under WGRAD_MIN_CHANNELS, or over WGRAD_MAX_INPUT_BYTES with under
+    # WGRAD_ANY_SIZE_CHANNELS, a kxk conv is plain autodiff: no custom VJP in its jaxpr.
+    x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+
+    def jaxpr():
+        return str(jax.make_jaxpr(lambda x, k: layers.conv2d(x, k, method="taps"))(x, kernel))
+
+    assert "custom_vjp" not in jaxpr()  # 4 channels: under WGRAD_MIN_CHANNELS
+    monkeypatch.setattr(layers, "WGRAD_MIN_CHANNELS", 4)
+    assert "custom_vjp" in jaxpr()
+    monkeypatch.setattr(layers, "WGRAD_MAX_INPUT_BYTES", x.size * 4 - 1)
+    assert "custom_vjp" not in jaxpr()
+    monkeypatch.setattr(layers, "WGRAD_ANY_SIZE_CHANNELS", 4)  # as many channels as x
+    assert "custom_vjp" in jaxpr()
 
 
 def test_weight_grad_groups_and_sparse_taps_match_autodiff(monkeypatch):

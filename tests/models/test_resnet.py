@@ -68,9 +68,9 @@ def _conv_dilations(model, shape=(1, 33, 47, 3)):
 
     def walk(jaxpr):  # into the jaxprs of custom_vjp calls (`layers.conv2d` on the CPU)
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                if eqn.params["rhs_dilation"] != (1, 1):
-                    yield eqn.params["rhs_dilation"]
+            dilation = eqn.params.get("rhs_dilation", (1, 1))
+            if eqn.primitive.name == "conv_general_dilated" and dilation != (1, 1):
+                yield dilation
             for param in eqn.params.values():
                 inner = getattr(param, "jaxpr", param)
                 if hasattr(inner, "eqns"):
