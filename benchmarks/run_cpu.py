@@ -47,6 +47,16 @@ def _run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     raise RuntimeError(f"{' '.join(cmd)} printed no JSON line:\n{proc.stdout[-2000:]}")
 
 
+def variant_env(assignments: str) -> dict[str, str]:
+    """This environment with a variant's `KEY=VALUE;KEY=VALUE` settings (and any platform)."""
+    env = dict(os.environ)
+    for assignment in filter(None, assignments.split(";")):
+        key, _, value = assignment.partition("=")
+        env[key.strip()] = value
+    env.pop("JAX_PLATFORMS", None)
+    return env
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs the rounds, prints every result and the summary; returns the summary."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -92,13 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["torch"].append(ref)
         print(json.dumps({"round": r, **ref}), flush=True)
         for flags in a.variants:
-            env = dict(os.environ)
-            for assignment in filter(None, flags.split(";")):
-                key, _, value = assignment.partition("=")
-                env[key.strip()] = value
-            env.pop("JAX_PLATFORMS", None)
             start = time.perf_counter()
-            seg = _run_json(segjax_cmd, env)
+            seg = _run_json(segjax_cmd, variant_env(flags))
             seg["wall_s"] = time.perf_counter() - start
             results.setdefault(flags, []).append(seg)
             ratios.setdefault(flags, []).append(seg["train_step_s"] / ref["train_step_s"])

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from run_cpu import DEFAULT_REFERENCE, REPO, _run_json
+from run_cpu import DEFAULT_REFERENCE, REPO, _run_json, variant_env
 
 ISSUE_MODELS = [
     "deeplabv3_resnet50",
@@ -38,15 +38,6 @@ ISSUE_MODELS = [
 ]
 # segjax names whose torchvision model (same name) torch_reference.py can time.
 TORCH_MODELS = {"fcn_resnet50", "deeplabv3_resnet50"}
-
-
-def _env(assignments: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for assignment in filter(None, assignments.split(";")):
-        key, _, value = assignment.partition("=")
-        env[key.strip()] = value
-    env.pop("JAX_PLATFORMS", None)
-    return env
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -87,7 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "--size", str(a.size), str(a.size), "--num_classes", str(a.num_classes),
                 "--steps", str(a.steps), "--dtype", "float32",
             ]  # fmt: skip
-            seg = _run_json(cmd, _env(variant))
+            seg = _run_json(cmd, variant_env(variant))
             seg["wall_s"] = time.perf_counter() - start
             print(json.dumps({"variant": variant, **seg}), flush=True)
             base = base or seg["train_step_s"]

@@ -214,6 +214,14 @@ def profile_ops(compiled, run_step: Callable[[], Any], steps: int = 2, top: int 
     }
 
 
+def _train_loader(config: ml_collections.ConfigDict, mesh):
+    # train.py's loader of the config's prepared train split: (source, loader, batch/process).
+    source = pipeline.load_split(config, config.dataset.train_split)
+    per_process = sharding.local_batch_size(config.input.batch_size, mesh)
+    loader = pipeline.train_loader(config, source, per_process_batch=per_process, seed=config.seed)
+    return source, loader, per_process
+
+
 def pipeline_benchmark(config: ml_collections.ConfigDict, batches: int = 20) -> dict[str, Any]:
     """Images/s of the grain train pipeline alone (`train.py`'s), on the config's dataset.
 
@@ -221,10 +229,7 @@ def pipeline_benchmark(config: ml_collections.ConfigDict, batches: int = 20) -> 
     process's share of `config.input.batch_size` at `config.input.crop_size`, with
     `config.input.worker_count` workers, after one untimed batch (worker start-up).
     """
-    mesh = sharding.make_mesh(jax.devices())
-    source = pipeline.load_split(config, config.dataset.train_split)
-    per_process = sharding.local_batch_size(config.input.batch_size, mesh)
-    loader = pipeline.train_loader(config, source, per_process_batch=per_process, seed=config.seed)
+    source, loader, per_process = _train_loader(config, sharding.make_mesh(jax.devices()))
     images_per_s = _pipeline_images_per_second(iter(loader), batches, per_process)
     return {
         "dataset": f"{config.dataset.name}/{config.dataset.config}",
@@ -353,11 +358,7 @@ def run_benchmark(
         )
 
     if data == "dataset":
-        source = pipeline.load_split(config, config.dataset.train_split)
-        per_process = sharding.local_batch_size(batch_size, mesh)
-        loader = pipeline.train_loader(
-            config, source, per_process_batch=per_process, seed=config.seed
-        )
+        _, loader, per_process = _train_loader(config, mesh)
         result["dataset"] = f"{config.dataset.name}/{config.dataset.config}"
         result["worker_count"] = config.input.worker_count
         result["pipeline_img_per_s"] = (
