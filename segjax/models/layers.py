@@ -385,19 +385,146 @@ class Conv2D(nn.Module):
         return y if bias is None else y + bias
 
 
-def batch_norm(train: bool, dtype: jnp.dtype, name: str | None = None, zero_init: bool = False):
+def _bn_normalize(x, mean, inv, scale, bias, residual, relu: bool):
+    # float32 (x - mean) * inv * scale + bias (+ residual), then ReLU; [C] statistics.
+    y = (x.astype(jnp.float32) - mean) * (inv * scale) + bias
+    if residual is not None:
+        y = y + residual.astype(jnp.float32)
+    return jnp.maximum(y, 0.0) if relu else y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _bn_train(x: Array, scale: Array, bias: Array, residual: Array | None, eps: float, relu: bool):
+    """Training BatchNorm (+ residual, + ReLU) over all but the last axis: ``(y, mean, var)``.
+
+    Statistics in float32, variance as ``E[x^2] - E[x]^2`` clipped at 0 (flax's
+    ``use_fast_variance``); ``y`` in ``x``'s dtype. The backward pass is the closed-form
+    one (two per-channel sums, then one elementwise pass that recomputes the normalised
+    input instead of keeping it): autodiff through the statistics gives XLA more passes
+    over the activations.
+    """
+    return _bn_train_fwd(x, scale, bias, residual, eps, relu)[0]
+
+
+def _bn_train_fwd(x, scale, bias, residual, eps, relu):
+    axes = tuple(range(x.ndim - 1))
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axes)
+    var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+    inv = lax.rsqrt(var + eps)
+    y = _bn_normalize(x, mean, inv, scale, bias, residual, relu).astype(x.dtype)
+    # With a ReLU, its output (kept anyway: the next layer's input) gives the mask. A
+    # scalar stands for the residual in the backward pass: its dtype, for its gradient.
+    marker = None if residual is None else jnp.zeros((), residual.dtype)
+    return (y, mean, var), (x, mean, inv, scale, y if relu else None, marker)
+
+
+def _bn_train_bwd(eps, relu, residuals, cotangents):
+    del eps
+    x, mean, inv, scale, y, marker = residuals
+    g, g_mean, g_var = cotangents
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    xhat = (x.astype(jnp.float32) - mean) * inv
+    g = g.astype(jnp.float32)
+    if relu:
+        g = jnp.where(y > 0, g, 0.0)
+    g_bias = jnp.sum(g, axes)
+    g_scale = jnp.sum(g * xhat, axes)
+    # d/dx of y, and of the mean and variance outputs (E[x], E[x^2] - E[x]^2).
+    gx = (scale * inv) * (g - (g_bias + xhat * g_scale) / n)
+    gx = gx + (g_mean + 2.0 * g_var * (xhat / inv)) / n
+    g_residual = None if marker is None else g.astype(marker.dtype)
+    return gx.astype(x.dtype), g_scale, g_bias, g_residual
+
+
+_bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the last axis (+ residual, + ReLU, fused), with ``nn.BatchNorm``'s variables.
+
+    The same parameters (``scale``, ``bias``) and statistics (``batch_stats``: ``mean``,
+    ``var``, the biased variance) as ``nn.BatchNorm(momentum, epsilon)``, and the same
+    values up to float rounding; training uses `_bn_train` (a closed-form backward pass).
+    The statistics are over every axis but the last of the global batch (under ``jit`` on a
+    sharded batch, XLA reduces across devices).
+
+    Attributes:
+        use_running_average: normalise with the running statistics (evaluation).
+        momentum: running-average decay.
+        epsilon: added to the variance.
+        relu: apply ``max(y, 0)`` last.
+        dtype: output dtype (statistics and arithmetic in float32).
+        scale_init: initialiser of the scale.
+    """
+
+    use_running_average: bool = False
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    relu: bool = False
+    dtype: jnp.dtype = jnp.float32
+    scale_init: Callable = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: Array, residual: Array | None = None) -> Array:
+        """``[..., C] -> [..., C]``; ``residual`` (``x``'s shape) is added before the ReLU."""
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        if self.use_running_average:
+            inv = lax.rsqrt(ra_var.value + self.epsilon)
+            y = _bn_normalize(x, ra_mean.value, inv, scale, bias, residual, self.relu)
+            return y.astype(self.dtype)
+        y, mean, var = _bn_train(x, scale, bias, residual, self.epsilon, self.relu)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y.astype(self.dtype)
+
+
+def batch_norm(
+    train: bool,
+    dtype: jnp.dtype,
+    name: str | None = None,
+    zero_init: bool = False,
+    relu: bool = False,
+) -> Callable[..., Array]:
     """The one BatchNorm of segjax: momentum 0.9, eps 1e-5, global statistics under ``jit``.
 
     No ``axis_name``: training jits over a batch sharded on a Mesh, so the mean and variance
-    that XLA computes are already over the global batch.
+    that XLA computes are already over the global batch. Called as ``bn(x, residual=None)``:
+    ``relu`` fuses a ReLU after it, and a ``residual`` is added before the ReLU (ResNet's
+    ``relu(bn(conv(y)) + x)``), each one pass over the activations less, each way.
+    ``$SEGJAX_BN=flax`` gives ``nn.BatchNorm`` (autodiff through its statistics), the sum
+    and the ReLU unfused instead (for comparison: README "Performance").
     """
-    return nn.BatchNorm(
+    scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
+    if os.environ.get("SEGJAX_BN", "fused") == "flax":
+        bn = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            scale_init=scale_init,
+            name=name,
+        )
+
+        def unfused(x: Array, residual: Array | None = None) -> Array:
+            y = bn(x) if residual is None else bn(x) + residual
+            return nn.relu(y) if relu else y
+
+        return unfused
+    return BatchNorm(
         use_running_average=not train,
         momentum=0.9,
         epsilon=1e-5,
+        relu=relu,
         dtype=dtype,
-        param_dtype=jnp.float32,
-        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+        scale_init=scale_init,
         name=name,
     )
 
@@ -441,8 +568,11 @@ class ConvBNReLU(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool) -> Array:
-        """``[B, H, W, Cin] -> [B, ceil(H / strides), ceil(W / strides), features]``."""
+    def __call__(self, x: Array, *, train: bool, residual: Array | None = None) -> Array:
+        """``[B, H, W, Cin] -> [B, ceil(H / strides), ceil(W / strides), features]``.
+
+        ``residual`` (the output's shape) is added after the norm, before the activation.
+        """
         x = Conv2D(
             self.features,
             self.kernel_size,
@@ -452,10 +582,13 @@ class ConvBNReLU(nn.Module):
             dtype=self.dtype,
             name="conv",
         )(x)
-        x = batch_norm(train, self.dtype, name="bn", zero_init=self.zero_init_bn)(x)
-        if self.act is not None:
-            x = self.act(x)
-        return x
+        bn = batch_norm(
+            train, self.dtype, name="bn", zero_init=self.zero_init_bn, relu=self.act is nn.relu
+        )
+        if self.act is None or self.act is nn.relu:
+            return bn(x, residual)
+        x = bn(x) if residual is None else bn(x) + residual
+        return self.act(x)
 
 
 class SeparableConvBNReLU(nn.Module):

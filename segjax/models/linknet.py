@@ -57,7 +57,7 @@ class FullConvBNReLU(nn.Module):
             param_dtype=jnp.float32,
             name="conv",
         )(x)
-        return nn.relu(batch_norm(train, self.dtype, name="bn")(x))
+        return batch_norm(train, self.dtype, name="bn", relu=True)(x)
 
 
 class LinkNetDecoderBlock(nn.Module):

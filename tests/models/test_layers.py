@@ -1,4 +1,7 @@
-"""`segjax.models.layers.conv2d` against one plain XLA convolution: values and gradients."""
+"""`segjax.models.layers`: `conv2d` against one plain XLA convolution, `BatchNorm` against
+`nn.BatchNorm` (values, statistics, gradients)."""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -133,3 +136,72 @@ def test_conv2d_module_has_nn_conv_parameters():
 def test_conv2d_rejects_unknown_method():
     with pytest.raises(ValueError, match="'fast'"):
         layers.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), method="fast")
+
+
+class _ReferenceBN(nn.Module):
+    # nn.BatchNorm (autodiff through its statistics), then the residual sum and the ReLU.
+    train: bool
+    relu: bool
+
+    @nn.compact
+    def __call__(self, x, residual):
+        y = nn.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=1e-5)(x)
+        y = y if residual is None else y + residual
+        return nn.relu(y) if self.relu else y
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("with_residual,relu", [(False, False), (False, True), (True, True)])
+def test_batch_norm_matches_flax_batch_norm(train, with_residual, relu):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 4, 6)) * 2 + 1, jnp.float32)
+    residual = jnp.asarray(rng.normal(size=x.shape), jnp.float32) if with_residual else None
+    g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    ours = layers.BatchNorm(use_running_average=not train, relu=relu)
+    ref = _ReferenceBN(train, relu)
+    # The same variables as nn.BatchNorm (checkpoints and ported weights stay valid).
+    shapes = jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x, residual))
+    ref_shapes = jax.tree.map(jnp.shape, ref.init(jax.random.key(0), x, residual))
+    assert shapes == jax.tree.map(
+        lambda c: c["BatchNorm_0"], ref_shapes, is_leaf=lambda c: "BatchNorm_0" in c
+    )
+    # Non-trivial scale, bias and running statistics.
+    scale, bias, mean, var = rng.normal(size=(4, 6))
+    params = {"scale": jnp.float32(1 + scale), "bias": jnp.float32(bias)}
+    stats = {"mean": jnp.float32(mean), "var": jnp.float32(1 + var**2)}
+
+    def value_and_grads(module, wrap):
+        def f(params, x, residual):
+            variables = {"params": wrap(params), "batch_stats": wrap(stats)}
+            return module.apply(variables, x, residual, mutable=["batch_stats"])
+
+        y, vjp, updates = jax.vjp(f, params, x, residual, has_aux=True)
+        return y, updates["batch_stats"], vjp(g)
+
+    y, updates, grads = value_and_grads(ours, lambda t: t)
+    ref_y, ref_updates, ref_grads = value_and_grads(ref, lambda t: {"BatchNorm_0": t})
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5)
+    jax.tree.map(close, updates, ref_updates["BatchNorm_0"])
+    jax.tree.map(close, grads, ref_grads)
+    if train:  # the running statistics moved towards the batch's (biased) variance
+        np.testing.assert_allclose(
+            updates["var"], 0.9 * stats["var"] + 0.1 * np.var(np.asarray(x), (0, 1, 2)), rtol=1e-5
+        )
+
+
+def test_batch_norm_statistics_outputs_have_gradients():
+    # `_bn_train`'s mean and variance outputs are differentiable too (E[x], biased Var[x]).
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 3, 5)), jnp.float32)
+    scale, bias = jnp.ones(5), jnp.zeros(5)
+    w = jnp.asarray(rng.normal(size=(2, 5)), jnp.float32)
+
+    def ours(x):
+        _, mean, var = layers._bn_train(x, scale, bias, None, 1e-5, False)
+        return jnp.sum(w[0] * mean + w[1] * jnp.sqrt(var))
+
+    def reference(x):
+        return jnp.sum(w[0] * jnp.mean(x, (0, 1)) + w[1] * jnp.std(x, (0, 1)))
+
+    np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(reference)(x), rtol=1e-4, atol=1e-6)

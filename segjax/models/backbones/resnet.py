@@ -64,19 +64,18 @@ class BasicBlock(nn.Module):
         y = ConvBNReLU(
             self.features, 3, self.strides, self.dilation, dtype=self.dtype, name="conv1"
         )(x, train=train)
-        y = ConvBNReLU(
-            out_features,
-            3,
-            act=None,
-            zero_init_bn=self.zero_init_residual,
-            dtype=self.dtype,
-            name="conv2",
-        )(y, train=train)
         if self.strides != 1 or x.shape[-1] != out_features:
             x = ConvBNReLU(
                 out_features, 1, self.strides, act=None, dtype=self.dtype, name="downsample"
             )(x, train=train)
-        return nn.relu(x + y)
+        # relu(bn(conv2(y)) + x), the sum and the ReLU fused into the BatchNorm.
+        return ConvBNReLU(
+            out_features,
+            3,
+            zero_init_bn=self.zero_init_residual,
+            dtype=self.dtype,
+            name="conv2",
+        )(y, train=train, residual=x)
 
 
 class Bottleneck(nn.Module):
@@ -106,19 +105,18 @@ class Bottleneck(nn.Module):
         y = ConvBNReLU(
             self.features, 3, self.strides, self.dilation, dtype=self.dtype, name="conv2"
         )(y, train=train)
-        y = ConvBNReLU(
-            out_features,
-            1,
-            act=None,
-            zero_init_bn=self.zero_init_residual,
-            dtype=self.dtype,
-            name="conv3",
-        )(y, train=train)
         if self.strides != 1 or x.shape[-1] != out_features:
             x = ConvBNReLU(
                 out_features, 1, self.strides, act=None, dtype=self.dtype, name="downsample"
             )(x, train=train)
-        return nn.relu(x + y)
+        # relu(bn(conv3(y)) + x), the sum and the ReLU fused into the BatchNorm.
+        return ConvBNReLU(
+            out_features,
+            1,
+            zero_init_bn=self.zero_init_residual,
+            dtype=self.dtype,
+            name="conv3",
+        )(y, train=train, residual=x)
 
 
 class ResNet(nn.Module):

@@ -76,7 +76,7 @@ class VGGConv(nn.Module):
             name="conv",
         )(x)
         if self.batch_norm:
-            x = batch_norm(train, self.dtype, name="bn")(x)
+            return batch_norm(train, self.dtype, name="bn", relu=True)(x)
         return nn.relu(x)
 
 
