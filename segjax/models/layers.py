@@ -151,19 +151,16 @@ def _conv_forward(x: Array, kernel: Array, strides: int, dilation: int, groups: 
     return _conv_xla(x, kernel, strides, dilation, groups)
 
 
-# Weight gradients by matrix products: the live taps whose windows cover at least this share
-# of the output are gathered, in groups of at most `WGRAD_PATCH_BYTES` of patches, from the
-# zero-padded input and multiplied with the output gradient in one product per group (an
-# im2col); each tap that covers less (large dilations at a small map, where most of its
-# window would be padding) gets its own product over only the window it reads.
-WGRAD_MIN_COVERAGE = 0.5
-WGRAD_PATCH_BYTES = 64 * 2**20
-# kxk convs with under WGRAD_MIN_CHANNELS input channels (the 7x7 stem: 37 ms by
-# autodiff, 40 by patches; tiny test models, whose compile time patches lengthen), or
-# under WGRAD_ANY_SIZE_CHANNELS with an input over WGRAD_MAX_INPUT_BYTES, keep autodiff's
-# kernel gradient, which needs no patches (XLA:CPU is about as fast there: 3x3 64 -> 64 at
-# 64x64, 31 vs 30 ms): with patches everywhere, U-Net's train step at batch 4, 256x256
-# peaked at 6.7 GB (2.4 GB with autodiff's), with these limits at 3.8 GB.
+# Weight gradients by matrix products, one per live tap, without patches (XLA:CPU copies
+# each window twice to concatenate them; README "Performance"). A tap's product is either
+# over the whole output (its input window zero-padded to the output's size: copies Cin
+# channels per output pixel) or over only the outputs whose input it reads (copies Cin +
+# Cout channels per such pixel, multiplies only there): the cheaper one, with a copied
+# float costing WGRAD_COPY_FLOPS multiply-adds (2-core CPU: ~10 GB/s copied, ~250 GFLOP/s).
+WGRAD_COPY_FLOPS = 50
+# kxk convs with under WGRAD_MIN_CHANNELS input channels (the 7x7 stem; tiny test models,
+# whose compile time the per-tap products lengthen), or under WGRAD_ANY_SIZE_CHANNELS with
+# an input over WGRAD_MAX_INPUT_BYTES, keep autodiff's kernel gradient.
 WGRAD_MIN_CHANNELS = 64
 WGRAD_ANY_SIZE_CHANNELS = 256
 WGRAD_MAX_INPUT_BYTES = 16 * 2**20
@@ -190,14 +187,14 @@ def _weight_grad(x: Array, g: Array, k: int, strides: int, dilation: int) -> Arr
     _, out_h, out_w, cout = g.shape
     h_windows = _tap_windows(h, k, dilation, strides)
     w_windows = _tap_windows(w, k, dilation, strides)
-    pad = dilation * (k // 2)
-    dense, blocks = [], {}
+    # Per output pixel: copying the padded window vs copying both windows (and multiplying
+    # only there), for the share of outputs the tap covers.
+    whole = WGRAD_COPY_FLOPS * cin + cin * cout
+    part = WGRAD_COPY_FLOPS * (cin + cout) + cin * cout
+    blocks = {}
     for i, (oh, nh, ih) in enumerate(h_windows):
         for j, (ow, nw, iw) in enumerate(w_windows):
             if nh == 0 or nw == 0:
-                continue
-            if nh * nw >= WGRAD_MIN_COVERAGE * out_h * out_w:
-                dense.append((i, j))
                 continue
             window = lax.slice(
                 x,
@@ -205,42 +202,13 @@ def _weight_grad(x: Array, g: Array, k: int, strides: int, dilation: int) -> Arr
                 (b, ih + (nh - 1) * strides + 1, iw + (nw - 1) * strides + 1, cin),
                 (1, strides, strides, 1),
             )
-            g_window = g[:, oh : oh + nh, ow : ow + nw]
-            blocks[i, j] = _gram(window, g_window)
-    if dense:
-        padded = None
-
-        def window(i: int, j: int) -> Array:
-            # A tap whose window lies inside the input reads it directly, others the padded one.
-            nonlocal padded
-            (_, nh, ih), (_, nw, iw) = h_windows[i], w_windows[j]
-            if nh == out_h and nw == out_w:
-                source, start = x, (ih, iw)
+            if (nh, nw) == (out_h, out_w):
+                blocks[i, j] = _gram(window, g)
+            elif whole <= part * nh * nw / (out_h * out_w):
+                pads = ((0, 0), (oh, out_h - oh - nh), (ow, out_w - ow - nw), (0, 0))
+                blocks[i, j] = _gram(jnp.pad(window, pads), g)
             else:
-                if padded is None:
-                    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-                source, start = padded, (i * dilation, j * dilation)
-            return lax.slice(
-                source,
-                (0, *start, 0),
-                (
-                    b,
-                    start[0] + (out_h - 1) * strides + 1,
-                    start[1] + (out_w - 1) * strides + 1,
-                    cin,
-                ),
-                (1, strides, strides, 1),
-            )
-
-        tap_bytes = b * out_h * out_w * cin * x.dtype.itemsize
-        per_group = max(1, WGRAD_PATCH_BYTES // max(tap_bytes, 1))
-        for start in range(0, len(dense), per_group):
-            taps = dense[start : start + per_group]
-            windows = [window(i, j) for i, j in taps]
-            patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
-            grads = _gram(patches, g)
-            for t, tap in enumerate(taps):
-                blocks[tap] = grads[t * cin : (t + 1) * cin]
+                blocks[i, j] = _gram(window, g[:, oh : oh + nh, ow : ow + nw])
     zeros = jnp.zeros((cin, cout), jnp.float32)
     rows = [jnp.stack([blocks.get((i, j), zeros) for j in range(k)]) for i in range(k)]
     return jnp.stack(rows)

@@ -95,10 +95,9 @@ def test_few_channels_or_large_inputs_keep_autodiff_kernel_gradient(monkeypatch)
     assert "custom_vjp" in jaxpr()
 
 
-def test_weight_grad_groups_and_sparse_taps_match_autodiff(monkeypatch):
-    # Patches split into one group per tap, and a dilation at which the outer taps cover
-    # under half of the output (their own product each) and the corner taps read nothing.
-    monkeypatch.setattr(layers, "WGRAD_PATCH_BYTES", 1)
+def test_weight_grad_sparse_taps_match_autodiff():
+    # Dilations at which the outer taps cover under half of the output (a product over only
+    # the window each reads) and the corner taps read nothing.
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(2, 12, 12, 3)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
