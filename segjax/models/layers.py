@@ -497,6 +497,89 @@ def batch_norm(
     )
 
 
+def _pool_windows(x: Array, k: int, stride: int, padding) -> list[Array]:
+    # The k*k strided views of the -inf-padded input, one per window position (row-major).
+    b, h, w, c = x.shape
+    (top, bottom), (left, right) = padding
+    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
+    out_h = (h + top + bottom - k) // stride + 1
+    out_w = (w + left + right - k) // stride + 1
+    return [
+        lax.slice(
+            xp,
+            (0, i, j, 0),
+            (b, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+            (1, stride, stride, 1),
+        )
+        for i in range(k)
+        for j in range(k)
+    ]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: Array, k: int, stride: int, padding) -> Array:
+    return _max_pool_fwd(x, k, stride, padding)[0]
+
+
+def _max_pool_fwd(x, k, stride, padding):
+    windows = _pool_windows(x, k, stride, padding)
+    best, arg = windows[0], jnp.zeros(windows[0].shape, jnp.int8)
+    for t, window in enumerate(windows[1:], 1):
+        arg = jnp.where(window > best, jnp.int8(t), arg)  # the first maximum keeps it
+        best = jnp.maximum(best, window)  # (propagates NaN)
+    return best, (arg, x.shape)
+
+
+def _max_pool_bwd(k, stride, padding, residuals, g):
+    # Each output's gradient goes to its window's first maximum: per window position, the
+    # gradients it won, spread back onto the padded input's grid (a strided pad), summed.
+    arg, (_, h, w, _) = residuals
+    (top, bottom), (left, right) = padding
+    out_h, out_w = g.shape[1:3]
+    zero = jnp.zeros((), g.dtype)
+    dx = None
+    for t in range(k * k):
+        i, j = divmod(t, k)
+        won = jnp.where(arg == t, g, zero)
+        config = (
+            (0, 0, 0),
+            (i, h + top + bottom - i - (out_h - 1) * stride - 1, stride - 1),
+            (j, w + left + right - j - (out_w - 1) * stride - 1, stride - 1),
+            (0, 0, 0),
+        )
+        spread = lax.pad(won, zero, config)
+        dx = spread if dx is None else dx + spread
+    return (dx[:, top : top + h, left : left + w],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(
+    x: Array, window: int, strides: int, padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0))
+) -> Array:
+    """``nn.max_pool(x, (window, window), (strides, strides), padding)``, -inf padding.
+
+    The same values, and the same gradient (each output's to the first maximum of its
+    window, as XLA's ``select_and_scatter``), computed from ``window**2`` strided views:
+    XLA:CPU's gradient of ``reduce_window`` builds index arrays (ResNet's stem pool at
+    batch 4, 256x256: 60 ms forward and backward, 5 ms this way).
+
+    Args:
+        x: ``[B, H, W, C]``.
+        window: square window size (at most 11).
+        strides: spatial stride.
+        padding: ``((top, bottom), (left, right))``.
+
+    Returns:
+        ``[B, (H + top + bottom - window) // strides + 1, (W + ...) // strides + 1, C]``.
+    """
+    if not 1 <= window <= 11:
+        raise ValueError(f"max_pool window must be 1..11, got {window}")
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _max_pool(x, window, strides, padding)
+
+
 def resize_bilinear(x: Array, size: Sequence[int]) -> Array:
     """Bilinear resize of ``[B, H, W, C]`` to ``[B, *size, C]`` with half-pixel centres.
 

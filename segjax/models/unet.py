@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.heads.fcn import FCNHead
-from segjax.models.layers import ConvBNReLU, classifier_conv, resize_bilinear
+from segjax.models.layers import ConvBNReLU, classifier_conv, max_pool, resize_bilinear
 
 Array = jax.Array
 
@@ -91,7 +91,7 @@ class DoubleConv(nn.Module):
 
 
 def _max_pool2(x: Array) -> Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    return max_pool(x, 2, 2)
 
 
 def _aux_logits(bottom: Array, num_classes: int, dtype, train: bool, size) -> Array:

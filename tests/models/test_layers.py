@@ -204,3 +204,28 @@ def test_batch_norm_statistics_outputs_have_gradients():
         return jnp.sum(w[0] * jnp.mean(x, (0, 1)) + w[1] * jnp.std(x, (0, 1)))
 
     np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(reference)(x), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape,window,strides,padding",
+    [
+        ((2, 9, 8, 3), 3, 2, ((1, 1), (1, 1))),  # ResNet's stem pool, odd sizes
+        ((2, 7, 6, 3), 2, 2, ((0, 1), (0, 0))),  # VGG's ceil-mode pool
+        ((2, 6, 6, 3), 3, 1, ((1, 1), (1, 1))),  # DeepLab v1's stride-1 pool
+        ((1, 8, 8, 2), 2, 2, ((0, 0), (0, 0))),  # U-Net's
+    ],
+)
+def test_max_pool_matches_flax_max_pool(shape, window, strides, padding):
+    rng = np.random.default_rng(2)
+    # Rounded and rectified: ties within windows (zeros, repeated values) are common.
+    x = jnp.asarray(np.maximum(np.round(rng.normal(size=shape), 1), 0), jnp.float32)
+
+    def reference(x):
+        return nn.max_pool(x, (window, window), (strides, strides), padding)
+
+    y, vjp = jax.vjp(lambda x: layers.max_pool(x, window, strides, padding), x)
+    ref_y, ref_vjp = jax.vjp(reference, x)
+    np.testing.assert_array_equal(y, ref_y)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    np.testing.assert_allclose(vjp(g)[0], ref_vjp(g)[0], rtol=1e-6, atol=1e-6)
+    assert jnp.isnan(layers.max_pool(x.at[0, 0, 0, 0].set(jnp.nan), window, strides, padding)).any()

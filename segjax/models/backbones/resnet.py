@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import ConvBNReLU
+from segjax.models.layers import ConvBNReLU, max_pool
 
 Array = jax.Array
 
@@ -195,7 +195,7 @@ class ResNet(nn.Module):
         else:
             x = conv(self.stem_width, 7, 2, name="stem_conv1")(x, train=train)
         # -inf padding (flax's max_pool default) = PyTorch's MaxPool2d(3, 2, padding=1).
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, 3, 2, ((1, 1), (1, 1)))
 
         features = {}
         stride, dilation = 4, 1

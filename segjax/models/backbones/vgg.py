@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import Conv2D, batch_norm
+from segjax.models.layers import Conv2D, batch_norm, max_pool
 
 Array = jax.Array
 
@@ -86,10 +86,10 @@ def max_pool_ceil(x: Array, kernel: int, stride: int) -> Array:
     ``kernel=2, stride=2``: pads the odd last row/column (Caffe's ceil mode).
     ``kernel=3``: padding 1 on each side (DeepLab's pool, and its stride-1 pool4/pool5).
     """
-    if kernel == 2 and stride == 2:
-        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    if kernel == 2 and stride == 2:  # "SAME": an odd last row/column gets a padded pair
+        return max_pool(x, 2, 2, ((0, x.shape[1] % 2), (0, x.shape[2] % 2)))
     if kernel == 3:
-        return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
+        return max_pool(x, 3, stride, ((1, 1), (1, 1)))
     raise ValueError(f"unsupported pool: kernel {kernel}, stride {stride}")
 
 
