@@ -171,16 +171,20 @@ def make_train_step(
         (loss, (terms, new_model_state)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
             state.params
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
-        updated = (params, new_model_state.get("batch_stats", state.batch_stats), opt_state)
-        kept = (state.params, state.batch_stats, state.opt_state)
-        params, batch_stats, opt_state = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old), updated, kept
-        )
+
+        def update():
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return params, new_model_state.get("batch_stats", state.batch_stats), opt_state
+
+        def keep():
+            return state.params, state.batch_stats, state.opt_state
+
+        # A branch, not a select: the update is computed in place, and only when it is used.
+        params, batch_stats, opt_state = jax.lax.cond(finite, update, keep)
         skipped = (~finite).astype(jnp.int32)
         new_state = state.replace(
             step=state.step + 1,
