@@ -9,7 +9,7 @@ analysis of the compiled programs, achieved TFLOP/s and, where the device's peak
 The train step is the one ``train.py`` runs (``train_lib.setup``: same jit, shardings and
 donation), with plain SGD (momentum 0.9, constant learning rate 0.01, no weight decay) and
 cross-entropy ignoring 255, like ``shared/bench/torch_reference.py``, so that the two can be
-timed side by side (``benchmarks/run_cpu.sh``).
+timed side by side (``benchmarks/run_cpu.py``).
 
 Examples::
 
