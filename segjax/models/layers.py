@@ -58,30 +58,37 @@ def _tap_windows(size: int, kernel: int, dilation: int, stride: int) -> list[tup
     return windows
 
 
+def _window(x: Array, start: tuple[int, int], count: tuple[int, int], stride: int) -> Array:
+    """``x[:, h0 : ... : stride, w0 : ... : stride]``: ``count`` rows and columns from ``start``."""
+    (h0, w0), (nh, nw) = start, count
+    b, _, _, c = x.shape
+    limit = (b, h0 + (nh - 1) * stride + 1, w0 + (nw - 1) * stride + 1, c)
+    return lax.slice(x, (0, h0, w0, 0), limit, (1, stride, stride, 1))
+
+
+def _pad_to(y: Array, first: tuple[int, int], out_hw: tuple[int, int]) -> Array:
+    # Zero-pads a window of outputs starting at `first` to the whole output.
+    (oh, ow), (nh, nw) = first, y.shape[1:3]
+    return jnp.pad(y, ((0, 0), (oh, out_hw[0] - oh - nh), (ow, out_hw[1] - ow - nw), (0, 0)))
+
+
 def _conv_taps(
     x: Array, kernel: Array, h_windows, w_windows, out_hw: tuple[int, int], stride: int
 ) -> Array:
     # Sum over live taps of (the input window it reads) @ (its kernel slice), each product
     # zero-padded to the output size: no multiply-add reads padding.
     depthwise = kernel.shape[2] == 1 and x.shape[-1] > 1
-    b, _, _, cin = x.shape
     out = None
     for i, (oh, nh, ih) in enumerate(h_windows):
         for j, (ow, nw, iw) in enumerate(w_windows):
             if nh == 0 or nw == 0:
                 continue
-            window = lax.slice(
-                x,
-                (0, ih, iw, 0),
-                (b, ih + (nh - 1) * stride + 1, iw + (nw - 1) * stride + 1, cin),
-                (1, stride, stride, 1),
-            )
+            window = _window(x, (ih, iw), (nh, nw), stride)
             if depthwise:
                 y = window * kernel[i, j, 0]
             else:
                 y = jnp.einsum("bhwc,cf->bhwf", window, kernel[i, j])
-            pads = ((0, 0), (oh, out_hw[0] - oh - nh), (ow, out_hw[1] - ow - nw), (0, 0))
-            y = jnp.pad(y, pads)
+            y = _pad_to(y, (oh, ow), out_hw)
             out = y if out is None else out + y
     return out
 
@@ -183,7 +190,7 @@ def _gram(a: Array, b: Array) -> Array:
 
 def _weight_grad(x: Array, g: Array, k: int, strides: int, dilation: int) -> Array:
     """``d(sum(conv2d(x, kernel) * g)) / d(kernel)`` as matrix products, ``[k, k, Cin, Cout]``."""
-    b, h, w, cin = x.shape
+    _, h, w, cin = x.shape
     _, out_h, out_w, cout = g.shape
     h_windows = _tap_windows(h, k, dilation, strides)
     w_windows = _tap_windows(w, k, dilation, strides)
@@ -196,17 +203,11 @@ def _weight_grad(x: Array, g: Array, k: int, strides: int, dilation: int) -> Arr
         for j, (ow, nw, iw) in enumerate(w_windows):
             if nh == 0 or nw == 0:
                 continue
-            window = lax.slice(
-                x,
-                (0, ih, iw, 0),
-                (b, ih + (nh - 1) * strides + 1, iw + (nw - 1) * strides + 1, cin),
-                (1, strides, strides, 1),
-            )
+            window = _window(x, (ih, iw), (nh, nw), strides)
             if (nh, nw) == (out_h, out_w):
                 blocks[i, j] = _gram(window, g)
             elif whole <= part * nh * nw / (out_h * out_w):
-                pads = ((0, 0), (oh, out_h - oh - nh), (ow, out_w - ow - nw), (0, 0))
-                blocks[i, j] = _gram(jnp.pad(window, pads), g)
+                blocks[i, j] = _gram(_pad_to(window, (oh, ow), (out_h, out_w)), g)
             else:
                 blocks[i, j] = _gram(window, g[:, oh : oh + nh, ow : ow + nw])
     zeros = jnp.zeros((cin, cout), jnp.float32)
@@ -504,21 +505,11 @@ def batch_norm(
 
 def _pool_windows(x: Array, k: int, stride: int, padding) -> list[Array]:
     # The k*k strided views of the -inf-padded input, one per window position (row-major).
-    b, h, w, c = x.shape
+    _, h, w, _ = x.shape
     (top, bottom), (left, right) = padding
     xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
-    out_h = (h + top + bottom - k) // stride + 1
-    out_w = (w + left + right - k) // stride + 1
-    return [
-        lax.slice(
-            xp,
-            (0, i, j, 0),
-            (b, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
-            (1, stride, stride, 1),
-        )
-        for i in range(k)
-        for j in range(k)
-    ]
+    out = ((h + top + bottom - k) // stride + 1, (w + left + right - k) // stride + 1)
+    return [_window(xp, (i, j), out, stride) for i in range(k) for j in range(k)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
