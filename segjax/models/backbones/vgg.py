@@ -80,12 +80,15 @@ class VGGConv(nn.Module):
         return nn.relu(x)
 
 
-def max_pool_ceil(x: Array, kernel: int, stride: int) -> Array:
+def max_pool_ceil(x: Array, kernel: int, stride: int, ceil_mode: bool = True) -> Array:
     """Max pool that maps ``n`` cells to ``ceil(n / stride)``; -inf padding never wins.
 
-    ``kernel=2, stride=2``: pads the odd last row/column (Caffe's ceil mode).
+    ``kernel=2, stride=2``: pads the odd last row/column (Caffe's ceil mode); with
+    ``ceil_mode=False`` drops it instead (``floor(n / 2)``: torchvision's ``MaxPool2d(2, 2)``).
     ``kernel=3``: padding 1 on each side (DeepLab's pool, and its stride-1 pool4/pool5).
     """
+    if kernel == 2 and stride == 2 and not ceil_mode:
+        return max_pool(x, 2, 2)
     if kernel == 2 and stride == 2:  # "SAME": an odd last row/column gets a padded pair
         return max_pool(x, 2, 2, ((0, x.shape[1] % 2), (0, x.shape[2] % 2)))
     if kernel == 3:
@@ -101,6 +104,9 @@ class VGG(nn.Module):
         batch_norm: BN after every conv (``vgg16_bn``, SegNet, DeconvNet).
         pool_kernel: 2 (2x2/2 ceil-mode pools: FCN, SegNet) or 3 (3x3/2 pad 1: DeepLab).
         output_stride: 8, 16 or 32; pools beyond it have stride 1 and later convs dilate.
+        ceil_mode: 2x2 pools map ``n`` to ``ceil(n / 2)`` (the default, see the module
+            doc); False: ``floor(n / 2)``, torchvision's ``vgg16().features`` exactly (the
+            same weights; only odd-sized maps differ).
         dtype: compute dtype; parameters are float32.
     """
 
@@ -108,6 +114,7 @@ class VGG(nn.Module):
     batch_norm: bool = False
     pool_kernel: int = 2
     output_stride: int = 32
+    ceil_mode: bool = True
     dtype: jnp.dtype = jnp.float32
 
     def feature_channels(self) -> dict[str, int]:
@@ -142,7 +149,7 @@ class VGG(nn.Module):
                 x = conv(width, dilation=dilation, name=f"conv{i + 1}_{j + 1}")(x, train=train)
             if stride * 2 <= self.output_stride:
                 stride *= 2
-                x = max_pool_ceil(x, self.pool_kernel, 2)
+                x = max_pool_ceil(x, self.pool_kernel, 2, self.ceil_mode)
             else:
                 # DeepLab: a stride-1 3x3 pool keeps the size; the next convs see a 2x
                 # coarser grid than they were designed for, hence the doubled dilation.

@@ -1,0 +1,30 @@
+"""Weights from PyTorch zoos (torchvision, timm, mmsegmentation) without PyTorch.
+
+``read_tensors`` reads ``.pth`` / ``.safetensors`` files as numpy arrays;
+``convert_file`` maps one onto a segjax model (``python -m segjax.weights convert``);
+``load_pretrained`` applies a converted file to a model's fresh variables.
+"""
+
+from segjax.weights.convert import ConversionError
+from segjax.weights.pretrained import (
+    PretrainedError,
+    convert_file,
+    load_pretrained,
+    read_pretrained,
+    save_pretrained,
+)
+from segjax.weights.readers import WeightFileError, read_tensors
+from segjax.weights.zoo import CONVERSIONS, get_conversion
+
+__all__ = [
+    "CONVERSIONS",
+    "ConversionError",
+    "PretrainedError",
+    "WeightFileError",
+    "convert_file",
+    "get_conversion",
+    "load_pretrained",
+    "read_pretrained",
+    "read_tensors",
+    "save_pretrained",
+]

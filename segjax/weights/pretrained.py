@@ -1,0 +1,263 @@
+"""Converted weight files: write them, read them, apply them to a model's fresh variables.
+
+A converted file is one msgpack blob (``flax.serialization``) holding::
+
+    {"format": "segjax-pretrained-1",
+     "meta": {"source": "torchvision", "name": "resnet50", "file": "<input file name>",
+              "model": segjax model name or "", "model_kwargs": JSON, "scope": "backbone"|"all"},
+     "params": {...}, "batch_stats": {...}}
+
+with float32 numpy arrays in segjax layout. ``load_pretrained`` applies it to the variables
+of a freshly initialised model: ``scope="backbone"`` takes the file's ``backbone`` subtree
+(parameters and BatchNorm statistics) and keeps the model's own initialisation for
+everything else; ``scope="all"`` takes every tensor, except those of a classifier whose
+class count differs, which keep their fresh initialisation (logged). Anything else that does
+not fit (a missing or unexpected tensor, a shape) is a ``PretrainedError`` naming the tensor,
+its expected and its found shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+
+from segjax.weights.convert import ConversionError, abstract_variables, convert_state_dict
+from segjax.weights.readers import WeightFileError, read_tensors
+from segjax.weights.zoo import get_conversion
+
+FORMAT = "segjax-pretrained-1"
+SCOPES = ("backbone", "all")
+
+
+class PretrainedError(ValueError):
+    """A converted file that does not fit the model; the message names the file and tensor."""
+
+
+def _build(conversion, state_dict, source: str):
+    """The segjax module a conversion fills, with its builder name and arguments."""
+    from segjax.models import build_model
+
+    name, kwargs = conversion.target(state_dict)
+    if name is None:
+        return conversion.backbone(), None, {}
+    return build_model(name, **kwargs), name, kwargs
+
+
+def convert_file(
+    source: str, name: str, src: str | os.PathLike, out: str | os.PathLike | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Converts a PyTorch weight file into segjax variables (and writes them to ``out``).
+
+    Args:
+        source: ``"torchvision"``, ``"timm"`` or ``"mmseg"``.
+        name: the architecture in that source (``python -m segjax.weights list``).
+        src: the ``.pth`` / ``.safetensors`` file.
+        out: where to write the converted file; None: do not write.
+
+    Returns:
+        ``(variables, meta)``: ``{"params", "batch_stats"}`` numpy trees (a backbone's
+        under ``"backbone"``) and the file's metadata.
+
+    Raises:
+        WeightFileError: ``src`` is unreadable, truncated, or holds something else than tensors.
+        ConversionError: ``src`` does not fit the architecture (tensor names and shapes).
+        KeyError: an unknown source or name.
+    """
+    src = os.fspath(src)
+    conversion = get_conversion(source, name)
+    state_dict = read_tensors(src)
+    try:
+        module, model, kwargs = _build(conversion, state_dict, src)
+    except ConversionError as e:
+        raise ConversionError(f"{src}: {e}") from None
+    variables = convert_state_dict(
+        state_dict, conversion.layout, abstract_variables(module), source=src
+    )
+    scope = "all"
+    if conversion.backbone is not None:
+        variables = {k: {"backbone": v} for k, v in variables.items()}
+        scope = "backbone"
+    meta = {
+        "source": source,
+        "name": name,
+        "file": os.path.basename(src),
+        "model": model or "",
+        "model_kwargs": json.dumps(kwargs, sort_keys=True),
+        "scope": scope,
+    }
+    if out is not None:
+        save_pretrained(out, variables, meta)
+    return variables, meta
+
+
+def save_pretrained(path: str | os.PathLike, variables: Mapping, meta: Mapping[str, str]) -> None:
+    """Writes ``variables`` and ``meta`` as a converted file (atomically: a temporary, renamed)."""
+    path = os.fspath(path)
+    blob = {
+        "format": FORMAT,
+        "meta": dict(meta),
+        "params": jax.tree.map(np.asarray, dict(variables["params"])),
+        "batch_stats": jax.tree.map(np.asarray, dict(variables.get("batch_stats", {}))),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(blob))
+    os.replace(tmp, path)
+
+
+def read_pretrained(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads a converted file: ``({"params", "batch_stats"}, meta)``.
+
+    Raises:
+        WeightFileError: no such file, or not a (complete) converted file: a PyTorch file
+            given where a converted one is expected gets the ``convert`` command to run.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightFileError(f"{path}: no such pretrained file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        blob = flax.serialization.msgpack_restore(data)
+    except Exception as e:  # msgpack raises several unrelated types on bad input
+        hint = ""
+        if data[:2] == b"PK" or data[:1] == b"\x80" or path.endswith(".safetensors"):
+            hint = (
+                " It looks like a PyTorch file: convert it first with `python -m "
+                "segjax.weights convert --from SOURCE --model NAME SRC OUT`."
+            )
+        raise WeightFileError(
+            f"{path}: not a segjax pretrained file ({type(e).__name__}: {e}).{hint}"
+        ) from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "params" not in blob:
+        raise WeightFileError(f"{path}: not a segjax pretrained file (no {FORMAT!r} header)")
+    variables = {"params": blob["params"], "batch_stats": blob.get("batch_stats", {})}
+    return variables, dict(blob.get("meta", {}))
+
+
+def _flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
+    return flax.traverse_util.flatten_dict(dict(tree)) if tree else {}
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    variables: Mapping[str, Any],
+    *,
+    scope: str = "backbone",
+    logger: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Applies a converted file to a model's freshly initialised variables.
+
+    Args:
+        path: a file written by ``convert_file`` / ``python -m segjax.weights convert``.
+        variables: the model's variables ``{"params": ..., "batch_stats": ...}`` (arrays).
+        scope: ``"backbone"``: the file's ``backbone`` subtree replaces the model's, the
+            rest keeps its initialisation; ``"all"``: every tensor of the model comes from
+            the file, except a classifier whose class count differs (re-initialised, logged).
+        logger: where the re-initialisations are logged (default: this module's logger).
+
+    Returns:
+        A new variables dict (the same structure, shapes and dtypes as ``variables``).
+
+    Raises:
+        WeightFileError: the file is unreadable.
+        PretrainedError: the file does not fit the model: a missing or unexpected tensor, or
+            a shape mismatch (named, with the expected and found shapes); a file without a
+            backbone for ``scope="backbone"``; an unknown scope.
+    """
+    logger = logger or logging.getLogger(__name__)
+    if scope not in SCOPES:
+        raise PretrainedError(f"pretrained_scope must be one of {SCOPES}, got {scope!r}")
+    path = os.fspath(path)
+    loaded, meta = read_pretrained(path)
+    out = {k: dict(v) for k, v in variables.items()}
+    file_classes = json.loads(meta.get("model_kwargs") or "{}").get("num_classes")
+    for collection in ("params", "batch_stats"):
+        model_tree = dict(variables.get(collection, {}))
+        file_tree = dict(loaded.get(collection, {}))
+        if scope == "backbone":
+            if collection == "params" and "backbone" not in file_tree:
+                raise PretrainedError(
+                    f"{path}: has no backbone subtree (top-level: {sorted(file_tree)}); use "
+                    "pretrained_scope=all for a whole-model file"
+                )
+            if collection == "params" and "backbone" not in model_tree:
+                raise PretrainedError(
+                    f"{path}: the model has no 'backbone' subtree (top-level: "
+                    f"{sorted(model_tree)}); use pretrained_scope=all"
+                )
+            model_tree = {"backbone": model_tree.get("backbone", {})}
+            file_tree = {"backbone": file_tree.get("backbone", {})}
+        model_flat, file_flat = _flat(model_tree), _flat(file_tree)
+        missing = sorted(set(model_flat) - set(file_flat))
+        unexpected = sorted(set(file_flat) - set(model_flat))
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(
+                    "missing from the file: "
+                    + ", ".join(
+                        f"{collection}/{'/'.join(k)} {tuple(model_flat[k].shape)}"
+                        for k in missing[:8]
+                    )
+                )
+            if unexpected:
+                parts.append(
+                    "not in the model: "
+                    + ", ".join(
+                        f"{collection}/{'/'.join(k)} {tuple(np.shape(file_flat[k]))}"
+                        for k in unexpected[:8]
+                    )
+                )
+            raise PretrainedError(
+                f"{path} ({meta.get('source', '?')} {meta.get('name', '?')}) does not fit the "
+                f"model: " + "; ".join(parts)
+            )
+        merged = dict(model_flat)
+        reinitialised = []
+        for key, target in model_flat.items():
+            value = np.asarray(file_flat[key])
+            if value.shape != tuple(target.shape):
+                if scope == "all" and _is_class_dim_change(
+                    key, value.shape, target.shape, file_classes
+                ):
+                    reinitialised.append(
+                        f"{collection}/{'/'.join(key)} {value.shape} -> {tuple(target.shape)}"
+                    )
+                    continue
+                raise PretrainedError(
+                    f"{path}: tensor {collection}/{'/'.join(key)} has shape {value.shape} in "
+                    f"the file, the model expects {tuple(target.shape)}"
+                )
+            merged[key] = jax.numpy.asarray(value, dtype=target.dtype)
+        for line in reinitialised:
+            logger.warning(
+                "pretrained %s: the class count differs; %s keeps its fresh initialisation",
+                path,
+                line,
+            )
+        tree = flax.traverse_util.unflatten_dict(merged) if merged else {}
+        out[collection] = {**out.get(collection, {}), **tree}
+    return out
+
+
+def _is_class_dim_change(
+    key: tuple[str, ...], found: tuple, expected: tuple, num_classes: int | None
+) -> bool:
+    # A classifier conv (kernel [..., K] or bias [K], in a module named classifier*/score*)
+    # whose only differing dim is the last, the file's class count.
+    if len(found) != len(expected) or key[-1] not in ("kernel", "bias"):
+        return False
+    if not any(part.startswith(("classifier", "score")) for part in key[:-1]):
+        return False
+    if num_classes is not None and found[-1] != num_classes:
+        return False
+    return found[:-1] == tuple(expected[:-1]) and found[-1] != expected[-1]

@@ -1,0 +1,299 @@
+"""The PyTorch architectures segjax reads: torchvision, timm and mmsegmentation layouts.
+
+Each entry of ``CONVERSIONS`` (keyed ``(source, name)``) pairs a PyTorch architecture with
+the segjax module whose variables it fills:
+
+- ImageNet classifiers (torchvision ``resnet50``, ``vgg16_bn``, ``mobilenet_v2``; timm
+  ``resnet50``, ``xception65``, ...) fill a *backbone*: the converted file holds
+  ``{"backbone": ...}`` and is applied with ``pretrained_scope="backbone"`` to any segjax
+  model on that backbone (``deeplabv3plus_resnet50``, ``pspnet_resnet50``, ...);
+- segmentation models (torchvision ``deeplabv3_resnet50``; mmsegmentation ``pspnet_r50-d8``
+  checkpoints, ...) fill a whole registered segjax model, whose name and arguments
+  (class count from the classifier's shape, ``aux_head`` when the file has one) the file
+  records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import numpy as np
+
+from segjax.models.backbones.mobilenet import MOBILENET_V2_SETTING, MobileNetV2
+from segjax.models.backbones.resnet import (
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+    ResNet152,
+)
+from segjax.models.backbones.vgg import VGG, VGG16_STAGES
+from segjax.models.backbones.xception import Xception65
+from segjax.weights.convert import ConversionError, Layout, Rule, conv_bn, scoped
+
+SOURCES = ("torchvision", "timm", "mmseg")
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """One PyTorch architecture and the segjax module it fills.
+
+    Attributes:
+        source: ``"torchvision"``, ``"timm"`` or ``"mmseg"``.
+        name: the architecture's name in its source (``"resnet50"``, ``"pspnet_r50-d8"``).
+        layout: the name mapping.
+        backbone: for an ImageNet classifier, a function that builds the segjax backbone
+            (the file then holds ``{"backbone": ...}``); None for a segmentation model.
+        model: for a segmentation model, the registered segjax model name.
+        model_kwargs: the builder arguments that give the reference layout.
+        classifier: PyTorch name of the classifier weight (its first dim is the class count).
+        aux_prefix: PyTorch prefix of the auxiliary head; the file has one when a tensor
+            starts with it.
+        description: one line for ``convert --list`` and the docs.
+    """
+
+    source: str
+    name: str
+    layout: Layout
+    backbone: Callable[[], nn.Module] | None = None
+    model: str | None = None
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    classifier: str | None = None
+    aux_prefix: str | None = None
+    description: str = ""
+
+    def target(self, state_dict: Mapping[str, np.ndarray]) -> tuple[str | None, dict[str, Any]]:
+        """The segjax model name and builder arguments (``None, {}`` for a backbone)."""
+        if self.model is None:
+            return None, {}
+        if self.classifier not in state_dict:
+            raise ConversionError(
+                f"no classifier tensor {self.classifier!r}: not a {self.source} {self.name} "
+                "state dict"
+            )
+        kwargs = dict(self.model_kwargs)
+        kwargs["num_classes"] = int(np.shape(state_dict[self.classifier])[0])
+        kwargs["aux_head"] = any(k.startswith(self.aux_prefix) for k in state_dict)
+        return self.model, kwargs
+
+
+CONVERSIONS: dict[tuple[str, str], Conversion] = {}
+
+
+def _add(conversion: Conversion) -> None:
+    CONVERSIONS[(conversion.source, conversion.name)] = conversion
+
+
+def get_conversion(source: str, name: str) -> Conversion:
+    """The conversion of ``name`` from ``source``; an unknown one lists the known ones."""
+    if (source, name) not in CONVERSIONS:
+        known = sorted(n for s, n in CONVERSIONS if s == source)
+        if source not in SOURCES:
+            raise KeyError(f"unknown source {source!r}; known sources: {', '.join(SOURCES)}")
+        raise KeyError(f"unknown {source} model {name!r}; known: {', '.join(known)}")
+    return CONVERSIONS[(source, name)]
+
+
+# --- backbones -------------------------------------------------------------------------------
+
+_RESNET_BLOCKS = [
+    Rule(r"layer(\d)_block(\d+)/conv(\d)/conv", r"layer\1.\2.conv\3"),
+    Rule(r"layer(\d)_block(\d+)/conv(\d)/bn", r"layer\1.\2.bn\3"),
+    *conv_bn(
+        r"layer(\d)_block(\d+)/downsample", r"layer\1.\2.downsample.0", r"layer\1.\2.downsample.1"
+    ),
+]
+# torchvision and timm ResNets: a 7x7 stem conv1/bn1.
+RESNET_RULES = [*conv_bn("stem_conv1", "conv1", "bn1"), *_RESNET_BLOCKS]
+# timm's deep stem (resnet*c): conv1 = Sequential(conv, bn, relu, conv, bn, relu, conv), bn1.
+RESNET_DEEP_STEM_TIMM_RULES = [
+    *conv_bn("stem_conv1", "conv1.0", "conv1.1"),
+    *conv_bn("stem_conv2", "conv1.3", "conv1.4"),
+    *conv_bn("stem_conv3", "conv1.6", "bn1"),
+    *_RESNET_BLOCKS,
+]
+# mmsegmentation's ResNetV1c: stem = Sequential(conv, bn, relu) x 3.
+RESNET_V1C_MMSEG_RULES = [
+    *conv_bn("stem_conv1", "stem.0", "stem.1"),
+    *conv_bn("stem_conv2", "stem.3", "stem.4"),
+    *conv_bn("stem_conv3", "stem.6", "stem.7"),
+    *_RESNET_BLOCKS,
+]
+
+
+def _vgg_index(batch_norm: bool) -> dict[str, int]:
+    # torchvision's `features` index of each conv: cfg "D" with an "M" (pool) after a stage.
+    index, i = {}, 0
+    for s, stage in enumerate(VGG16_STAGES):
+        for c in range(len(stage)):
+            index[f"{s + 1}_{c + 1}"] = i
+            i += 3 if batch_norm else 2
+        i += 1
+    return index
+
+
+def vgg_rules(batch_norm: bool) -> list[Rule]:
+    """torchvision ``vgg16`` / ``vgg16_bn`` ``features.<i>`` for segjax ``conv<s>_<c>``."""
+    index = _vgg_index(batch_norm)
+    rules = [Rule(r"conv(\d_\d)/conv", lambda m: f"features.{index[m[1]]}")]
+    if batch_norm:
+        rules.append(Rule(r"conv(\d_\d)/bn", lambda m: f"features.{index[m[1]] + 1}"))
+    return rules
+
+
+def _mobilenet_v2_block(match: re.Match) -> str:
+    stage, block = int(match[1]), int(match[2])
+    index = 1 + sum(n for _, _, n, _ in MOBILENET_V2_SETTING[: stage - 1]) + block
+    expand = MOBILENET_V2_SETTING[stage - 1][0] != 1
+    part = {"expand": "0", "depthwise": "1" if expand else "0"}.get(match[3])
+    if part is not None:  # Conv2dNormActivation: .0 conv, .1 bn
+        return f"features.{index}.conv.{part}.{'0' if match[4] == 'conv' else '1'}"
+    # project: a bare conv then a BN
+    first = 2 if expand else 1
+    return f"features.{index}.conv.{first if match[4] == 'conv' else first + 1}"
+
+
+MOBILENET_V2_RULES = [
+    *conv_bn("stem", "features.0.0", "features.0.1"),
+    Rule(r"stage(\d)_block(\d+)/(expand|depthwise|project)/(conv|bn)", _mobilenet_v2_block),
+    *conv_bn("last_conv", "features.18.0", "features.18.1"),
+]
+
+
+def _xception_block(match: re.Match) -> str:
+    flow, i = match[1], int(match[2])
+    return str({"entry": i - 1, "middle": 2 + i, "exit": 18 + i}[flow])
+
+
+_XCEPTION_PARTS = {
+    "depthwise/conv": "conv_dw",
+    "depthwise/bn": "bn_dw",
+    "pointwise/conv": "conv_pw",
+    "pointwise/bn": "bn_pw",
+}
+XCEPTION_TIMM_RULES = [
+    *conv_bn("stem_conv1", "stem.0.conv", "stem.0.bn"),
+    *conv_bn("stem_conv2", "stem.1.conv", "stem.1.bn"),
+    Rule(
+        r"(entry|middle|exit)(\d+)/sepconv(\d)/(depthwise/conv|depthwise/bn|pointwise/conv|pointwise/bn)",
+        lambda m: f"blocks.{_xception_block(m)}.stack.conv{m[3]}.{_XCEPTION_PARTS[m[4]]}",
+    ),
+    Rule(
+        r"(entry|middle|exit)(\d+)/shortcut/(conv|bn)",
+        lambda m: f"blocks.{_xception_block(m)}.shortcut.{m[3]}",
+    ),
+]
+
+_TORCHVISION_RESNETS = {
+    "resnet18": ResNet18,
+    "resnet34": ResNet34,
+    "resnet50": ResNet50,
+    "resnet101": ResNet101,
+    "resnet152": ResNet152,
+}
+for _name, _cls in _TORCHVISION_RESNETS.items():
+    _add(
+        Conversion(
+            "torchvision",
+            _name,
+            Layout(RESNET_RULES, ignore=(r"fc\..*",)),
+            backbone=_cls,
+            description=f"torchvision {_name} (ImageNet classifier) -> segjax ResNet backbone",
+        )
+    )
+    # timm's resnet* (a1/a2/a3, tv, gluon weights) share torchvision's names.
+    _add(
+        Conversion(
+            "timm",
+            _name,
+            Layout(RESNET_RULES, ignore=(r"fc\..*",)),
+            backbone=_cls,
+            description=f"timm {_name} (any of its weights: a1, tv, gluon, ...) -> segjax ResNet",
+        )
+    )
+    # timm's resnet*c: the deep (v1c) stem, stem width 64 (32, 32, 64).
+    if _name != "resnet152":
+        _add(
+            Conversion(
+                "timm",
+                _name + "c",
+                Layout(RESNET_DEEP_STEM_TIMM_RULES, ignore=(r"fc\..*",)),
+                backbone=functools.partial(_cls, deep_stem=True),
+                description=f"timm {_name}c (deep stem) -> segjax ResNet with deep_stem=True",
+            )
+        )
+
+for _bn in (False, True):
+    _name = "vgg16_bn" if _bn else "vgg16"
+    _add(
+        Conversion(
+            "torchvision",
+            _name,
+            # classifier.0/3 are fc6/fc7 of a 224x224 classifier (25088 inputs), not segjax's.
+            Layout(vgg_rules(_bn), ignore=(r"classifier\..*",)),
+            backbone=functools.partial(VGG, batch_norm=_bn),
+            description=f"torchvision {_name} features -> segjax VGG backbone (batch_norm={_bn})",
+        )
+    )
+
+_add(
+    Conversion(
+        "torchvision",
+        "mobilenet_v2",
+        Layout(MOBILENET_V2_RULES, ignore=(r"classifier\..*",)),
+        backbone=functools.partial(MobileNetV2, last_conv=True),
+        description="torchvision mobilenet_v2 features (with the 1280-channel last conv)",
+    )
+)
+_add(
+    Conversion(
+        "timm",
+        "xception65",
+        # timm builds Xception's BatchNorms with eps=1e-3.
+        Layout(XCEPTION_TIMM_RULES, ignore=(r"head\..*",), bn_eps=1e-3),
+        backbone=Xception65,
+        description="timm xception65 (aligned Xception, DeepLabv3+) -> segjax AlignedXception",
+    )
+)
+
+
+# --- torchvision segmentation models --------------------------------------------------------
+
+_TV_RESNET_BACKBONE = scoped(RESNET_RULES, "backbone/", "backbone.")
+_TV_AUX = [
+    *conv_bn("aux_head/conv0", "aux_classifier.0", "aux_classifier.1"),
+    Rule("aux_head/classifier/conv", "aux_classifier.4"),
+]
+# DeepLabHead = Sequential(ASPP, conv3x3, BN, ReLU, conv1x1); ASPP.convs: 1x1, 3 rates, pooling.
+_TV_DEEPLABV3_HEAD = [
+    *conv_bn("neck/branch0", "classifier.0.convs.0.0", "classifier.0.convs.0.1"),
+    *conv_bn(r"neck/branch([123])", r"classifier.0.convs.\1.0", r"classifier.0.convs.\1.1"),
+    *conv_bn("neck/image_pool", "classifier.0.convs.4.1", "classifier.0.convs.4.2"),
+    *conv_bn("neck/project", "classifier.0.project.0", "classifier.0.project.1"),
+    *conv_bn("head/conv", "classifier.1", "classifier.2"),
+    Rule("head/classifier/conv", "classifier.4"),
+]
+# FCNHead = Sequential(conv3x3, BN, ReLU, Dropout, conv1x1).
+_TV_FCN_HEAD = [
+    *conv_bn("head/conv0", "classifier.0", "classifier.1"),
+    Rule("head/classifier/conv", "classifier.4"),
+]
+for _depth in (50, 101):
+    for _arch, _head in (("deeplabv3", _TV_DEEPLABV3_HEAD), ("fcn", _TV_FCN_HEAD)):
+        _add(
+            Conversion(
+                "torchvision",
+                f"{_arch}_resnet{_depth}",
+                Layout([*_TV_RESNET_BACKBONE, *_head, *_TV_AUX]),
+                model=f"{_arch}_resnet{_depth}",
+                classifier="classifier.4.weight",
+                aux_prefix="aux_classifier.",
+                description=f"torchvision {_arch}_resnet{_depth} (+ aux_classifier) -> segjax "
+                f"{_arch}_resnet{_depth}",
+            )
+        )
