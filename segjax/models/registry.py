@@ -42,6 +42,7 @@ from segjax.models.heads.fpn import FPNSemanticHead
 from segjax.models.heads.parsenet import ParseNetHead
 from segjax.models.layers import PixelMLP
 from segjax.models.linknet import LinkNet
+from segjax.models.mmseg_layouts import MMSEG_MODELS
 from segjax.models.necks.aspp import ASPP, ASPP_RATES
 from segjax.models.necks.fpn import FPN
 from segjax.models.necks.ppm import PyramidPooling
@@ -759,3 +760,7 @@ _register("segnet_vgg16", _unpooling_builder(SegNet))
 _register("segnet_tiny", _unpooling_builder(SegNet, _VGG_TINY))
 _register("deconvnet_vgg16", _unpooling_builder(DeconvNet))
 _register("deconvnet_tiny", _unpooling_builder(DeconvNet, _VGG_TINY, fc_channels=32))
+
+# mmsegmentation's layouts, for its checkpoints (segjax.weights; see mmseg_layouts.py).
+for _name, _builder in MMSEG_MODELS.items():
+    _register(_name, _builder)

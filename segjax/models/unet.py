@@ -94,9 +94,11 @@ def _max_pool2(x: Array) -> Array:
     return max_pool(x, 2, 2)
 
 
-def _aux_logits(bottom: Array, num_classes: int, dtype, train: bool, size) -> Array:
-    """FCN auxiliary head on the deepest encoder level (stride 2**depth), at ``size``."""
-    channels = min(256, bottom.shape[-1] // 4)
+def _aux_logits(
+    bottom: Array, num_classes: int, dtype, train: bool, size, channels: int = 0
+) -> Array:
+    """FCN auxiliary head (``channels`` wide; 0: a quarter of the input's, at most 256)."""
+    channels = channels or min(256, bottom.shape[-1] // 4)
     aux = FCNHead(num_classes, channels=channels, in_key="bottom", dtype=dtype, name="aux_head")(
         {"bottom": bottom}, train=train
     )
@@ -112,11 +114,23 @@ class UNet(nn.Module):
     ``base_width=64, depth=4`` and 3 input channels this is milesial/Pytorch-UNet's
     ``UNet(bilinear=False)`` layer for layer.
 
+    mmsegmentation's ``UNet`` backbone with its ``FCNHead``s (``unet-s5-d16``) is the same
+    trunk with ``upsample="interp"`` (each up stage: a bilinear 2x upsampling, then a 1x1
+    conv-BN-ReLU halving the channels, mmseg's ``InterpConv``), ``head_channels=64`` (an
+    FCN head, 3x3 conv-BN-ReLU, dropout 0.1 and a 1x1 classifier, instead of the bare 1x1)
+    and ``aux_level=1`` (the auxiliary FCN head on the stride-2 decoder output).
+
     Attributes:
         num_classes: output classes ``K``.
         base_width: channels of the first level.
         depth: number of down (and up) stages; the total stride is ``2**depth``.
         aux_head: add ``"aux_logits"`` from an FCN head on the bottleneck.
+        upsample: ``"transposed"`` (2x2 stride-2 transposed conv) or ``"interp"`` (bilinear
+            2x, then a 1x1 conv-BN-ReLU).
+        head_channels: 0: a 1x1 classifier; otherwise an FCN head of this width, which the
+            auxiliary head then shares.
+        aux_level: None: the auxiliary head reads the bottleneck; ``k``: the decoder's
+            output at level ``k`` (stride ``2**k``).
         dtype: compute dtype; parameters are float32.
     """
 
@@ -124,6 +138,9 @@ class UNet(nn.Module):
     base_width: int = 64
     depth: int = 4
     aux_head: bool = False
+    upsample: str = "transposed"
+    head_channels: int = 0
+    aux_level: int | None = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -138,16 +155,31 @@ class UNet(nn.Module):
             x = DoubleConv(self.base_width * 2**i, dtype=self.dtype, name=f"down{i}")(
                 _max_pool2(x), train=train
             )
-        bottom = x
+        if self.upsample not in ("transposed", "interp"):
+            raise ValueError(f"upsample must be 'transposed' or 'interp', got {self.upsample!r}")
+        levels = {self.depth: x}
         for i in range(self.depth - 1, -1, -1):
             width = self.base_width * 2**i
-            x = TransposedConv2x2(width, dtype=self.dtype, name=f"up{i + 1}_upconv")(x)
+            if self.upsample == "interp":
+                x = resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]))
+                x = ConvBNReLU(width, 1, dtype=self.dtype, name=f"up{i + 1}_upconv")(x, train=train)
+            else:
+                x = TransposedConv2x2(width, dtype=self.dtype, name=f"up{i + 1}_upconv")(x)
             x = jnp.concatenate([skips[i], x], axis=-1)
             x = DoubleConv(width, dtype=self.dtype, name=f"up{i + 1}")(x, train=train)
-        logits = classifier_conv(self.num_classes, self.dtype, name="classifier")(x)
+            levels[i] = x
+        if self.head_channels:
+            logits = FCNHead(
+                self.num_classes, self.head_channels, in_key="x", dtype=self.dtype, name="head"
+            )({"x": x}, train=train)
+        else:
+            logits = classifier_conv(self.num_classes, self.dtype, name="classifier")(x)
         outputs = {"logits": logits[:, :h, :w].astype(jnp.float32)}
         if self.aux_head:
-            aux = _aux_logits(bottom, self.num_classes, self.dtype, train, x.shape[1:3])
+            source = levels[self.depth if self.aux_level is None else self.aux_level]
+            aux = _aux_logits(
+                source, self.num_classes, self.dtype, train, x.shape[1:3], self.head_channels
+            )
             outputs["aux_logits"] = aux[:, :h, :w]
         return outputs
 

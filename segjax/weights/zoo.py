@@ -297,3 +297,126 @@ for _depth in (50, 101):
                 f"{_arch}_resnet{_depth}",
             )
         )
+
+
+# --- mmsegmentation checkpoints (segjax.models.mmseg_layouts) ---------------------------------
+
+
+def _module(flax_path: str, torch_prefix: str | Callable[[re.Match], str]) -> Rule:
+    """An mmcv ``ConvModule`` (``.conv``, ``.bn``) for a segjax ``ConvBNReLU`` at ``flax_path``.
+
+    ``torch_prefix`` is a template over ``flax_path``'s groups, or a function of the match.
+    """
+    pattern = flax_path + "/(?P<part>conv|bn)"
+    if callable(torch_prefix):
+        return Rule(pattern, lambda m, f=torch_prefix: f"{f(m)}.{m['part']}")
+    return Rule(pattern, torch_prefix + r".\g<part>")
+
+
+def _separable(flax_path: str, torch_prefix: str) -> list[Rule]:
+    """An mmcv ``DepthwiseSeparableConvModule`` for a segjax ``SeparableConvBNReLU``."""
+    return [
+        _module(flax_path + "/depthwise", torch_prefix + ".depthwise_conv"),
+        _module(flax_path + "/pointwise", torch_prefix + ".pointwise_conv"),
+    ]
+
+
+def _pooled_last(channels: int) -> np.ndarray:
+    # mmseg concatenates [image pool, 1x1, rates...], segjax [1x1, rates..., image pool]:
+    # segjax input channel c is mmseg's (c + C) mod 5C, with C = channels / 5.
+    return np.roll(np.arange(channels), -(channels // 5))
+
+
+_PSP_BINS = (1, 2, 3, 6)
+_FPN_LEVELS = {"4": 0, "8": 1, "16": 2, "32": 3}
+_MMSEG_CLASSIFIER = Rule("head/classifier/conv", "decode_head.conv_seg")
+_MMSEG_AUX = [
+    _module("aux_head/conv0", "auxiliary_head.convs.0"),
+    Rule("aux_head/classifier/conv", "auxiliary_head.conv_seg"),
+]
+_MMSEG_HEADS = {
+    "pspnet": [
+        _module(
+            r"neck/bin(\d)", lambda m: f"decode_head.psp_modules.{_PSP_BINS.index(int(m[1]))}.1"
+        ),
+        _module("head/conv0", "decode_head.bottleneck"),
+    ],
+    "fcn": [
+        _module(r"head/conv(\d)", r"decode_head.convs.\1"),
+        _module("head/conv_cat", "decode_head.conv_cat"),
+    ],
+    "deeplabv3plus": [
+        _module("neck/image_pool", "decode_head.image_pool.1"),
+        _module("neck/branch0", "decode_head.aspp_modules.0"),
+        *_separable(r"neck/branch(\d)", r"decode_head.aspp_modules.\1"),
+        Rule("neck/project/conv", "decode_head.bottleneck.conv", permute_in=_pooled_last),
+        Rule("neck/project/bn", "decode_head.bottleneck.bn"),
+        _module("head/low_level", "decode_head.c1_bottleneck"),
+        *_separable(r"head/fuse(\d)", r"decode_head.sep_bottleneck.\1"),
+    ],
+    # FPNHead.scale_heads[i]: Sequential(ConvModule, Upsample, ConvModule, Upsample, ...).
+    "fpn": [
+        Rule(r"neck/lateral_s(\d+)", lambda m: f"neck.lateral_convs.{_FPN_LEVELS[m[1]]}.conv"),
+        Rule(r"neck/output_s(\d+)", lambda m: f"neck.fpn_convs.{_FPN_LEVELS[m[1]]}.conv"),
+        _module(
+            r"head/level(\d)_conv(\d)", lambda m: f"decode_head.scale_heads.{m[1]}.{2 * int(m[2])}"
+        ),
+    ],
+}
+# mmseg's UNet: encoder[0] = BasicConvBlock, encoder[i] = (MaxPool, BasicConvBlock);
+# decoder[i - 1] = UpConvBlock(upsample=InterpConv(upsample, ConvModule), conv_block).
+MMSEG_UNET_RULES = [
+    _module(r"inc/conv(\d)", lambda m: f"backbone.encoder.0.0.convs.{int(m[1]) - 1}"),
+    _module(r"down(\d)/conv(\d)", lambda m: f"backbone.encoder.{m[1]}.1.convs.{int(m[2]) - 1}"),
+    _module(
+        r"up(\d)_upconv", lambda m: f"backbone.decoder.{int(m[1]) - 1}.upsample.interp_upsample.1"
+    ),
+    _module(
+        r"up(\d)/conv(\d)",
+        lambda m: f"backbone.decoder.{int(m[1]) - 1}.conv_block.convs.{int(m[2]) - 1}",
+    ),
+    _module("head/conv0", "decode_head.convs.0"),
+    _MMSEG_CLASSIFIER,
+    *_MMSEG_AUX,
+]
+
+_MMSEG_MODELS = {
+    "pspnet_r50-d8": ("pspnet", "pspnet_resnet50"),
+    "pspnet_r101-d8": ("pspnet", "pspnet_resnet101"),
+    "fcn_r50-d8": ("fcn", "mmseg_fcn_r50_d8"),
+    "fcn_r101-d8": ("fcn", "mmseg_fcn_r101_d8"),
+    "deeplabv3plus_r50-d8": ("deeplabv3plus", "mmseg_deeplabv3plus_r50_d8"),
+    "deeplabv3plus_r101-d8": ("deeplabv3plus", "mmseg_deeplabv3plus_r101_d8"),
+    "fpn_r50": ("fpn", "mmseg_fpn_r50"),
+}
+for _name, (_head, _model) in _MMSEG_MODELS.items():
+    _add(
+        Conversion(
+            "mmseg",
+            _name,
+            Layout(
+                [
+                    *scoped(RESNET_V1C_MMSEG_RULES, "backbone/", "backbone."),
+                    *_MMSEG_HEADS[_head],
+                    _MMSEG_CLASSIFIER,
+                    *_MMSEG_AUX,
+                ]
+            ),
+            model=_model,
+            classifier="decode_head.conv_seg.weight",
+            aux_prefix="auxiliary_head.",
+            description=f"mmsegmentation {_name} checkpoint (+ auxiliary_head) -> segjax {_model}",
+        )
+    )
+_add(
+    Conversion(
+        "mmseg",
+        "unet-s5-d16",
+        Layout(MMSEG_UNET_RULES),
+        model="mmseg_unet_s5_d16",
+        classifier="decode_head.conv_seg.weight",
+        aux_prefix="auxiliary_head.",
+        description="mmsegmentation unet-s5-d16 (fcn_unet_s5-d16) checkpoint -> segjax "
+        "mmseg_unet_s5_d16",
+    )
+)

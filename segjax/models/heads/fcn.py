@@ -28,6 +28,9 @@ class FCNHead(nn.Module):
         kernel_size: kernel size of those convs.
         dropout: dropout before the classifier (rng collection ``"dropout"``).
         in_key: feature key to read.
+        concat_input: concatenate the input with the convs' output and fuse them with one
+            more conv-BN-ReLU (``conv_cat``) before the classifier, as mmsegmentation's
+            ``FCNHead(concat_input=True)`` (its ``fcn_r50-d8``).
         dtype: compute dtype; parameters are float32.
     """
 
@@ -37,15 +40,20 @@ class FCNHead(nn.Module):
     kernel_size: int = 3
     dropout: float = 0.1
     in_key: str = "s16"
+    concat_input: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, features: dict[str, Array], *, train: bool) -> Array:
         """``features[in_key]`` ``[B, h, w, C]`` -> logits ``[B, h, w, num_classes]``."""
-        x = features[self.in_key]
+        x = inputs = features[self.in_key]
         for i in range(self.num_convs):
             x = ConvBNReLU(self.channels, self.kernel_size, dtype=self.dtype, name=f"conv{i}")(
                 x, train=train
+            )
+        if self.concat_input:
+            x = ConvBNReLU(self.channels, self.kernel_size, dtype=self.dtype, name="conv_cat")(
+                jnp.concatenate([inputs.astype(x.dtype), x], axis=-1), train=train
             )
         return Classifier(self.num_classes, self.dropout, dtype=self.dtype, name="classifier")(
             x, train=train

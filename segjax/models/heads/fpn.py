@@ -23,13 +23,16 @@ class FPNSemanticHead(nn.Module):
 
     Upsampling goes to the exact size of the next finer level (not a blind factor 2), so
     the levels of an odd-sized input line up; with even sizes this is mmseg's 2x upsampling
-    (bilinear, half-pixel centres).
+    (bilinear, half-pixel centres). ``upsample="x2"`` is mmseg's ``FPNHead`` at any size:
+    each 2x upsampling doubles the size, and each level's map is then resized to the finest
+    level's size before the sum (the same result when the input size divides by 32).
 
     Attributes:
         num_classes: number of output channels (classes).
         channels: channels of the per-level convs (mmseg: 128).
         in_keys: pyramid levels, finest first, at strides 4, 8, 16, 32.
         dropout: dropout before the classifier (mmseg: 0.1).
+        upsample: ``"to_next"`` (the default, above) or ``"x2"`` (mmsegmentation's).
         dtype: compute dtype; parameters are float32.
     """
 
@@ -37,11 +40,14 @@ class FPNSemanticHead(nn.Module):
     channels: int = 128
     in_keys: Sequence[str] = ("fpn_s4", "fpn_s8", "fpn_s16", "fpn_s32")
     dropout: float = 0.1
+    upsample: str = "to_next"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, features: dict[str, Array], *, train: bool) -> Array:
         """Levels ``[B, h_k, w_k, C]`` -> logits ``[B, h_0, w_0, num_classes]`` (stride 4)."""
+        if self.upsample not in ("to_next", "x2"):
+            raise ValueError(f"upsample must be 'to_next' or 'x2', got {self.upsample!r}")
         sizes = [features[k].shape[1:3] for k in self.in_keys]
         total = None
         for level, key in enumerate(self.in_keys):
@@ -52,7 +58,11 @@ class FPNSemanticHead(nn.Module):
                 )
                 if level > 0:
                     size = sizes[level - 1 - j]
+                    if self.upsample == "x2":
+                        size = (2 * x.shape[1], 2 * x.shape[2])
                     x = resize_bilinear(x.astype(jnp.float32), size).astype(x.dtype)
+            if self.upsample == "x2":
+                x = resize_bilinear(x.astype(jnp.float32), sizes[0]).astype(x.dtype)
             total = x if total is None else total + x
         return Classifier(self.num_classes, self.dropout, dtype=self.dtype, name="classifier")(
             total, train=train

@@ -39,6 +39,8 @@ class ASPP(nn.Module):
         dropout: dropout rate after the projection (rng collection ``"dropout"``).
         separable: depthwise-separable 3x3 branches (DeepLabv3+, mmseg's
             ``DepthwiseSeparableASPPHead``); the 1x1 and pooling branches stay plain.
+        project_kernel_size: kernel of the projection conv: 1 (torchvision, the paper) or
+            3 (mmsegmentation's ``bottleneck``).
         in_key: feature key to read.
         out_key: key under which the output is added to the feature dict.
         dtype: compute dtype; parameters are float32.
@@ -49,6 +51,7 @@ class ASPP(nn.Module):
     image_pooling: bool = True
     dropout: float = 0.1
     separable: bool = False
+    project_kernel_size: int = 1
     in_key: str = "s32"
     out_key: str = "aspp"
     dtype: jnp.dtype = jnp.float32
@@ -83,7 +86,9 @@ class ASPP(nn.Module):
             )
             branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], self.channels)))
         y = jnp.concatenate(branches, axis=-1)
-        y = ConvBNReLU(self.channels, 1, dtype=self.dtype, name="project")(y, train=train)
+        y = ConvBNReLU(self.channels, self.project_kernel_size, dtype=self.dtype, name="project")(
+            y, train=train
+        )
         if self.dropout > 0:
             y = nn.Dropout(self.dropout, deterministic=not train)(y)
         return {**features, self.out_key: y}
