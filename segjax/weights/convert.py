@@ -182,7 +182,8 @@ def convert_state_dict(
                 raise ConversionError(f"segjax {collection}/{path}/{leaf}: no conversion for it")
             name = f"{prefix}.{names[leaf]}"
             if name not in state_dict:
-                missing.append(f"{name} (for segjax {collection}/{path}/{leaf}, shape {shape})")
+                expected = _torch_shape(leaf, shape)
+                missing.append(f"{name} {expected} (for segjax {collection}/{path}/{leaf})")
                 continue
             used.add(name)
             value = np.asarray(state_dict[name], np.float32)
@@ -198,27 +199,24 @@ def convert_state_dict(
                 value = value.transpose(2, 3, 1, 0)
             if leaf == "var":
                 value = value + np.float32(layout.bn_eps - SEGJAX_BN_EPS)
-            out[(collection, *path.split("/"), leaf)] = np.ascontiguousarray(value)
+            parts = path.split("/") if path else []
+            out[(collection, *parts, leaf)] = np.ascontiguousarray(value)
         if is_bn:
             used.add(f"{prefix}.num_batches_tracked")
-    if missing:
-        raise ConversionError(
-            f"{source}: {len(missing)} missing tensor(s): "
-            + "; ".join(missing[:10])
-            + (" ..." if len(missing) > 10 else "")
-        )
     ignore = [re.compile(p) for p in (*layout.ignore, r"(.*\.)?num_batches_tracked")]
     unexpected = sorted(
         f"{k} {tuple(np.shape(v))}"
         for k, v in state_dict.items()
         if k not in used and not any(p.fullmatch(k) for p in ignore)
     )
-    if unexpected:
+    if missing or unexpected:
+        parts = []
+        for what, names in (("missing", missing), ("unexpected", unexpected)):
+            if names:
+                more = f" (and {len(names) - 8} more)" if len(names) > 8 else ""
+                parts.append(f"{len(names)} {what} tensor(s): " + "; ".join(names[:8]) + more)
         raise ConversionError(
-            f"{source}: {len(unexpected)} unexpected tensor(s) (not in this layout: a file of "
-            f"another model?): "
-            + "; ".join(unexpected[:10])
-            + (" ..." if len(unexpected) > 10 else "")
+            f"{source}: does not fit the layout (a file of another model?): " + " | ".join(parts)
         )
     tree = flax.traverse_util.unflatten_dict(out)
     return {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}

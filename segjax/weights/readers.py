@@ -244,8 +244,12 @@ def _load_zip(path: str) -> Any:
                 storages[key] = _as_array(
                     archive.read(name), storage.dtype, path, key, storage.numel
                 )
-        except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, struct.error, OSError) as e:
-            raise WeightFileError(f"{path}: corrupted torch checkpoint ({e})") from None
+        except WeightFileError:
+            raise
+        except Exception as e:  # a corrupted pickle raises almost any exception type
+            raise WeightFileError(
+                f"{path}: corrupted torch checkpoint ({type(e).__name__}: {e})"
+            ) from None
     return _materialise(obj, storages, path)
 
 
@@ -257,7 +261,7 @@ def _load_legacy(path: str) -> Any:
     # storage key an int64 element count and the raw bytes.
     with open(path, "rb") as f:
         try:
-            if pickle.load(f) != _LEGACY_MAGIC:
+            if _TensorUnpickler(f, path).load() != _LEGACY_MAGIC:
                 raise WeightFileError(f"{path}: not a torch checkpoint (bad magic number)")
             _TensorUnpickler(f, path).load()  # protocol version
             _TensorUnpickler(f, path).load()  # sys info
@@ -273,10 +277,12 @@ def _load_legacy(path: str) -> Any:
                     raise WeightFileError(f"{path}: storage {key} belongs to no tensor")
                 raw = f.read(numel * _itemsize(storage.dtype))
                 storages[str(key)] = _as_array(raw, storage.dtype, path, str(key), numel)
-        except (EOFError, pickle.UnpicklingError, struct.error, ValueError, TypeError) as e:
-            if isinstance(e, WeightFileError):
-                raise
-            raise WeightFileError(f"{path}: corrupted torch checkpoint ({e})") from None
+        except WeightFileError:
+            raise
+        except Exception as e:  # a corrupted pickle raises almost any exception type
+            raise WeightFileError(
+                f"{path}: corrupted torch checkpoint ({type(e).__name__}: {e})"
+            ) from None
     missing = set(refs) - set(storages)
     if missing:
         raise WeightFileError(f"{path}: storages {sorted(missing)} are missing (truncated file?)")
@@ -342,6 +348,12 @@ def state_dict_of(obj: Any, path: str) -> dict[str, np.ndarray]:
         for key in STATE_DICT_KEYS:
             if isinstance(obj.get(key), dict):
                 return state_dict_of(obj[key], path)
+        for key, value in obj.items():
+            if isinstance(value, Refused):
+                raise WeightFileError(
+                    f"{path}: entry {key!r} is a pickled {value.qualname} object, not a tensor; "
+                    "only tensors are read (nothing pickled was executed)"
+                )
         raise WeightFileError(
             f"{path}: no tensor dict found; top-level keys: {sorted(map(str, obj))[:20]} "
             f"(a state dict is looked for under {list(STATE_DICT_KEYS)})"

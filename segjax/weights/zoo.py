@@ -217,7 +217,7 @@ for _name, _cls in _TORCHVISION_RESNETS.items():
         )
     )
     # timm's resnet*c: the deep (v1c) stem, stem width 64 (32, 32, 64).
-    if _name != "resnet152":
+    if _name in ("resnet50", "resnet101", "resnet152"):
         _add(
             Conversion(
                 "timm",
@@ -405,7 +405,8 @@ for _name, (_head, _model) in _MMSEG_MODELS.items():
             model=_model,
             classifier="decode_head.conv_seg.weight",
             aux_prefix="auxiliary_head.",
-            description=f"mmsegmentation {_name} checkpoint (+ auxiliary_head) -> segjax {_model}",
+            description=f"mmsegmentation {_name} checkpoint (auxiliary_head too, when it has "
+            f"one) -> segjax {_model}",
         )
     )
 _add(

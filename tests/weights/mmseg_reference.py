@@ -156,15 +156,16 @@ class FPN(nn.Module):
             ConvModule(c, out_channels, 1, norm=False, act=False) for c in in_channels
         )
         self.fpn_convs = nn.ModuleList(
-            ConvModule(out_channels, out_channels, 3, 1, norm=False, act=False)
-            for _ in in_channels
+            ConvModule(out_channels, out_channels, 3, 1, norm=False, act=False) for _ in in_channels
         )
 
     def forward(self, inputs):
         laterals = [conv(inputs[i]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
             size = laterals[i - 1].shape[2:]
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=size, mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=size, mode="nearest"
+            )
         return [conv(laterals[i]) for i, conv in enumerate(self.fpn_convs)]
 
 
@@ -179,7 +180,7 @@ class FPNHead(DecodeHead):
     def __init__(self, channels, num_classes, cin=256, strides=(4, 8, 16, 32)):
         super().__init__(channels, num_classes, 0)
         self.scale_heads = nn.ModuleList()
-        for i, stride in enumerate(strides):
+        for stride in strides:
             layers = []
             for k in range(max(1, int(math.log2(stride) - math.log2(strides[0])))):
                 layers.append(ConvModule(cin if k == 0 else channels, channels, 3, 1))
@@ -235,7 +236,9 @@ class UNet(nn.Module):
             block = []
             if i != 0:
                 block.append(nn.MaxPool2d(2))
-                self.decoder.append(UpConvBlock(base * 2**i, base * 2 ** (i - 1), base * 2 ** (i - 1)))
+                self.decoder.append(
+                    UpConvBlock(base * 2**i, base * 2 ** (i - 1), base * 2 ** (i - 1))
+                )
             block.append(BasicConvBlock(cin, base * 2**i))
             self.encoder.append(nn.Sequential(*block))
             cin = base * 2**i
@@ -285,10 +288,11 @@ def build(name: str, kwargs: dict):
     depth = 101 if "r101" in name else 50
     arch = name.split("_")[0]
     if arch == "unet-s5-d16":
+        base = kwargs.get("base", 64)
         model = EncoderDecoder(
-            UNet(kwargs.get("base", 64)),
-            FCNHead(64, 64, k, num_convs=1, concat_input=False, in_index=4),
-            auxiliary_head=FCNHead(128, 64, k, 1, False, 3) if aux else None,
+            UNet(base),
+            FCNHead(base, base, k, num_convs=1, concat_input=False, in_index=4),
+            auxiliary_head=FCNHead(2 * base, base, k, 1, False, 3) if aux else None,
             pad_to=16,
         )
         return model, model
