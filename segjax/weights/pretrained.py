@@ -34,6 +34,9 @@ from segjax.weights.zoo import get_conversion
 
 FORMAT = "segjax-pretrained-1"
 SCOPES = ("backbone", "all")
+# The subtree that a backbone file fills: Segmentor's "backbone", or the "encoder" of
+# SegNet, DeconvNet and LinkNet.
+BACKBONE_KEYS = ("backbone", "encoder")
 
 
 class PretrainedError(ValueError):
@@ -180,6 +183,8 @@ def load_pretrained(
     loaded, meta = read_pretrained(path)
     out = {k: dict(v) for k, v in variables.items()}
     file_classes = json.loads(meta.get("model_kwargs") or "{}").get("num_classes")
+    params = variables.get("params", {})
+    backbone_key = next((k for k in BACKBONE_KEYS if k in params), None)
     for collection in ("params", "batch_stats"):
         model_tree = dict(variables.get(collection, {}))
         file_tree = dict(loaded.get(collection, {}))
@@ -189,13 +194,13 @@ def load_pretrained(
                     f"{path}: has no backbone subtree (top-level: {sorted(file_tree)}); use "
                     "pretrained_scope=all for a whole-model file"
                 )
-            if collection == "params" and "backbone" not in model_tree:
+            if backbone_key is None:
                 raise PretrainedError(
-                    f"{path}: the model has no 'backbone' subtree (top-level: "
-                    f"{sorted(model_tree)}); use pretrained_scope=all"
+                    f"{path}: the model has no backbone subtree ({' or '.join(BACKBONE_KEYS)}; "
+                    f"top-level: {sorted(model_tree)}); use pretrained_scope=all"
                 )
-            model_tree = {"backbone": model_tree.get("backbone", {})}
-            file_tree = {"backbone": file_tree.get("backbone", {})}
+            model_tree = {backbone_key: model_tree.get(backbone_key, {})}
+            file_tree = {backbone_key: file_tree.get("backbone", {})}
         model_flat, file_flat = _flat(model_tree), _flat(file_tree)
         missing = sorted(set(model_flat) - set(file_flat))
         unexpected = sorted(set(file_flat) - set(model_flat))

@@ -161,7 +161,6 @@ def _mobilenet_v2_block(match: re.Match) -> str:
 MOBILENET_V2_RULES = [
     *conv_bn("stem", "features.0.0", "features.0.1"),
     Rule(r"stage(\d)_block(\d+)/(expand|depthwise|project)/(conv|bn)", _mobilenet_v2_block),
-    *conv_bn("last_conv", "features.18.0", "features.18.1"),
 ]
 
 
@@ -245,9 +244,11 @@ _add(
     Conversion(
         "torchvision",
         "mobilenet_v2",
-        Layout(MOBILENET_V2_RULES, ignore=(r"classifier\..*",)),
-        backbone=functools.partial(MobileNetV2, last_conv=True),
-        description="torchvision mobilenet_v2 features (with the 1280-channel last conv)",
+        # features.18 is the 1x1 conv to 1280 channels of the classifier; the segmentation
+        # models read the 320-channel features (as mmseg), MobileNetV2(last_conv=False).
+        Layout(MOBILENET_V2_RULES, ignore=(r"classifier\..*", r"features\.18\..*")),
+        backbone=MobileNetV2,
+        description="torchvision mobilenet_v2 features (not the classifier's 1280-channel conv)",
     )
 )
 _add(

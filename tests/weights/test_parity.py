@@ -79,7 +79,7 @@ CASES = [
         "tv_mobilenet_v2",
         "torchvision",
         "mobilenet_v2",
-        backbone=functools.partial(MobileNetV2, last_conv=True),
+        backbone=MobileNetV2,
         format="legacy",
         slow=False,
     ),

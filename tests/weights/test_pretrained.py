@@ -147,8 +147,14 @@ def test_backbone_scope_takes_only_the_backbone(tmp_path):
     # A whole-model file gives its backbone too; a model without a "backbone" subtree cannot.
     whole = _save(tmp_path / "w.msgpack", other)
     assert _equal(load_pretrained(whole, fresh)["params"]["backbone"], other["params"]["backbone"])
-    with pytest.raises(PretrainedError, match="no 'backbone' subtree"):
+    with pytest.raises(PretrainedError, match="the model has no backbone subtree"):
         load_pretrained(whole, _variables("unet_tiny", 6, seed=0), scope="backbone")
+    # SegNet's VGG-BN encoder is its backbone.
+    segnet, other = _variables("segnet_tiny", 6, seed=0), _variables("segnet_tiny", 6, seed=2)
+    vgg = {k: {"backbone": v["encoder"]} for k, v in other.items()}
+    loaded = load_pretrained(_save(tmp_path / "vgg.msgpack", vgg), segnet, scope="backbone")
+    assert _equal(loaded["params"]["encoder"], other["params"]["encoder"])
+    assert _equal(loaded["batch_stats"]["encoder"], other["batch_stats"]["encoder"])
 
 
 def test_all_scope_reinitialises_a_classifier_of_another_class_count(tmp_path, caplog):

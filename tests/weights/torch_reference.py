@@ -95,7 +95,7 @@ def torchvision_model(name: str, kwargs: dict):
     if name == "mobilenet_v2":
         model = torchvision.models.mobilenet_v2(weights=None)
         f = model.features
-        layers = {"s4": f[3], "s8": f[6], "s16": f[13], "s32": f[18]}
+        layers = {"s4": f[3], "s8": f[6], "s16": f[13], "s32": f[17]}
         return model, lambda x: _hooked(model.features, layers, x)
     raise KeyError(f"no torchvision reference for {name!r}")
 
