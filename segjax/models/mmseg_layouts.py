@@ -139,18 +139,17 @@ def fpn_r50(
         num_classes: output classes.
         dtype: compute dtype; params are float32.
         output_stride: None or 32.
-        aux_head: must be False (mmseg's ``fpn_r50`` has none).
+        aux_head: add an FCN auxiliary head on stage 3 (mmseg's ``fpn_r50`` has none).
         dropout: before the classifier.
     """
     _check_stride("mmseg FPN", output_stride, (32,))
-    if aux_head:
-        raise ValueError("mmseg_fpn_r50 has no auxiliary head (as mmseg's fpn_r50)")
     return Segmentor(
         backbone=ResNet50(output_stride=32, deep_stem=True, dtype=dtype),
         neck=FPN(channels=256, dtype=dtype),
         head=FPNSemanticHead(
             num_classes, channels=128, dropout=dropout, upsample="x2", dtype=dtype
         ),
+        aux_head=_aux(num_classes, dtype) if aux_head else None,
     )
 
 

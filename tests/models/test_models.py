@@ -34,6 +34,7 @@ TINY = [
     "pspnet_tiny",
     "unet_tiny",
     "unetpp_tiny",
+    "mmseg_unet_tiny",  # U-Net with interpolation up stages, an FCN head, aux on a decoder level
     # fcn_resnet_tiny (ResNet + FCNHead: run by deeplabv3plus_tiny's aux head) and
     # deeplabv1_tiny (parsenet_tiny's trunk and neck, a bare 1x1 classifier) stay out to
     # save compile time; segnet_tiny / deconvnet_tiny run their contract in
