@@ -10,8 +10,10 @@
 Scoring a split writes, under `<output>/eval/` (output: --output or the workdir):
 `<split>_step<N>.json` / `.txt` (per-class table, mIoU, accuracy, and the inference
 mode, speed and memory figures), `<split>_step<N>_vis/*.png` (image | ground truth |
-prediction) and `<split>_step<N>_confusion.png`. With --images it writes, per file, a
-palette label PNG and a colour overlay at the image's original size instead.
+prediction) and `<split>_step<N>_confusion_matrix.png`. With --images it writes, per file, a
+palette label PNG and a colour overlay at the image's original size instead (other tasks
+write their own kind of prediction); a file that cannot be decoded is skipped and named,
+the others are predicted, and the command exits non-zero at the end.
 """
 
 import os
@@ -83,10 +85,14 @@ def main(argv):
 
     distributed.initialize()
     if _IMAGES.value:
-        written = eval_lib.predict_files(
-            config, checkpoint_dir, _IMAGES.value, output, which=_STEP.value
-        )
-        print(f"Wrote {len(written)} label PNGs (+ overlays) to {output}")
+        try:
+            written = eval_lib.predict_files(
+                config, checkpoint_dir, _IMAGES.value, output, which=_STEP.value
+            )
+        except eval_lib.UnreadableFilesError as e:
+            print(f"Wrote {len(e.written)} prediction files to {output}")
+            raise SystemExit(str(e)) from None
+        print(f"Wrote {len(written)} prediction files to {output}")
         return
     split = _SPLIT.value or config.dataset.eval_split
     result = eval_lib.run_evaluation(config, checkpoint_dir, output, which=_STEP.value, split=split)

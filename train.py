@@ -43,10 +43,7 @@ def main(argv):
     if scores.get("preempted"):
         return
     logging.info(
-        "Finished at step %d: val mIoU %.2f%%, pixel accuracy %.2f%%",
-        scores["step"],
-        100 * scores["miou"],
-        100 * scores["pixel_accuracy"],
+        "Finished at step %d: val %s", scores["step"], train_lib.format_summary(scores["summary"])
     )
 
 

@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     """The full key set of a training run, with defaults that every config may override."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # What is trained and scored (segjax.tasks.TASKS): "semantic" segmentation, or
+    # "classification" (multi-label: which classes an image holds).
+    c.task = "semantic"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "segjax_shapes"
@@ -142,6 +145,22 @@ def base_config() -> ml_collections.ConfigDict:
     # a resumed or repeated run skips compiling them again; "" = off.
     c.train.compilation_cache_dir = ""
     return c
+
+
+def smoke_run(c: ml_collections.ConfigDict) -> None:
+    """Seconds, not minutes: the `tiny` segjax_shapes dataset (64x64), 6 steps, eval and
+    checkpoint at 3 and 6 (the `:tiny` variant of the built-in configs, used by tests)."""
+    c.dataset.config = "tiny"
+    c.input.batch_size = 8
+    c.input.eval_batch_size = 8
+    c.input.crop_size = (64, 64)
+    c.input.eval_pad_size = (64, 64)
+    c.optimizer.warmup_steps = 2
+    c.train.steps = 6
+    c.train.log_every = 2
+    c.train.eval_every = 3
+    c.train.checkpoint_every = 3
+    c.train.async_checkpointing = False
 
 
 def sgd_poly(c: ml_collections.ConfigDict, learning_rate: float = 0.01) -> None:

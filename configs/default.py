@@ -30,18 +30,7 @@ def get_config(arg: str | None = None):
     c.train.checkpoint_every = 500
 
     if args.tiny:
-        # Seconds, not minutes: the `tiny` dataset (64x64) and a handful of steps.
-        c.dataset.config = "tiny"
-        c.input.batch_size = 8
-        c.input.eval_batch_size = 8
-        c.input.crop_size = (64, 64)
-        c.input.eval_pad_size = (64, 64)
-        c.optimizer.warmup_steps = 2
-        c.train.steps = 6
-        c.train.log_every = 2
-        c.train.eval_every = 3
-        c.train.checkpoint_every = 3
-        c.train.async_checkpointing = False
+        common.smoke_run(c)
     if args.steps:
         c.train.steps = args.steps
     c.lock()

@@ -1,7 +1,8 @@
 """Orbax checkpoints of a run: train state, rng and the grain iterator position.
 
 One `CheckpointManager` per workdir (`<workdir>/checkpoints`). It keeps the latest
-`keep` steps plus the `keep_best` steps with the highest validation mIoU. Orbax writes
+`keep` steps plus the `keep_best` steps with the highest validation score (the task's
+`best_metric`: mIoU for semantic segmentation). Orbax writes
 each step into a temporary directory and renames it when complete, so a step killed
 half-way is never mistaken for a finished one.
 """
@@ -16,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-BEST_METRIC = "miou"
+BEST_METRIC = "miou"  # the semantic task's; `Checkpointer(best_metric=...)` for others
 
 
 class CheckpointMismatchError(ValueError):
@@ -65,19 +66,21 @@ class Checkpointer:
         keep: int = 2,
         keep_best: int = 1,
         async_save: bool = True,
+        best_metric: str = BEST_METRIC,
     ):
+        self.best_metric = best_metric
         preserve: list[Any] = [policies.LatestN(n=max(keep, 1))]
         if keep_best > 0:
             preserve.append(
                 policies.BestN(
-                    get_metric_fn=lambda m: m[BEST_METRIC],
+                    get_metric_fn=lambda m: m[best_metric],
                     reverse=False,  # ascending: the last n (highest mIoU) are kept
                     n=keep_best,
                     keep_checkpoints_without_metrics=False,
                 )
             )
         options = ocp.CheckpointManagerOptions(
-            best_fn=lambda m: m[BEST_METRIC],
+            best_fn=lambda m: m[best_metric],
             best_mode="max",
             preservation_policy=policies.AnyPreservationPolicy(preserve),
             enable_async_checkpointing=async_save,
@@ -98,7 +101,7 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The step with the highest recorded mIoU (the latest if none has metrics)."""
+        """The step with the highest recorded `best_metric` (the latest if none has one)."""
         return self._manager.best_step()
 
     def all_steps(self) -> list[int]:

@@ -1,5 +1,9 @@
 """What `eval.py` does: pick a checkpoint of a run, restore it, score it and report the
-survey's four measures (accuracy, visual quality, speed, memory); or predict files."""
+survey's four measures (accuracy, visual quality, speed, memory); or predict files.
+
+Written once for every task: the task (`config.task`) decides what is scored, how its
+report and pictures look and what a prediction of a file is.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +23,14 @@ from PIL import Image, ImageOps
 
 from segjax import evaluation, inference, sharding, train_lib, visualize
 from segjax.checkpoint import Checkpointer
-from segjax.data import datasets
+from segjax.tasks import base
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
     """The resolved config a run saved as JSON (`<workdir>/config.json`), locked.
 
-    A config saved before the `eval` block existed gets the default one.
+    A config saved before the `eval` block or the `task` key existed gets the defaults
+    that reproduce it.
     """
     try:
         with open(path) as f:
@@ -40,12 +45,15 @@ def load_config(path: str) -> ml_collections.ConfigDict:
         from configs import common
 
         config.eval = common.base_config().eval
+    for key, value in train_lib.ADDED_KEYS.items():
+        if key not in config:
+            config[key] = value
     config.lock()
     return config
 
 
 def resolve_step(ckpt: Checkpointer, which: str) -> int:
-    """`"latest"`, `"best"` (highest val mIoU) or a step number -> a saved step."""
+    """`"latest"`, `"best"` (highest validation score) or a step number -> a saved step."""
     steps = ckpt.all_steps()
     if not steps:
         raise FileNotFoundError(f"No checkpoint in {ckpt.directory}")
@@ -67,7 +75,7 @@ def restore(
 ) -> tuple[train_lib.Run, int, Any]:
     """(run, step, state) of the chosen checkpoint, the state placed on `mesh`."""
     run = train_lib.setup(config, mesh)
-    ckpt = Checkpointer(checkpoint_dir, async_save=False)
+    ckpt = Checkpointer(checkpoint_dir, async_save=False, best_metric=run.task.best_metric)
     step = resolve_step(ckpt, which)
     state = ckpt.restore(step, run.abstract_state)
     ckpt.close()
@@ -99,23 +107,25 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Scores a checkpoint and writes the four parts of the report under `<output>/eval/`.
 
-    1. accuracy: `<split>_step<N>.{json,txt}` (per-class table, summary scores);
-    2. visual quality: `<split>_step<N>_vis/<index>.png` (image | ground truth |
-       prediction, `config.eval.num_visualizations` of them) and
-       `<split>_step<N>_confusion.png` (row-normalised confusion matrix);
+    1. accuracy: `<split>_step<N>.{json,txt}` (the task's table and summary scores);
+    2. visual quality: `<split>_step<N>_vis/<index>.png` (the task's panel: image,
+       ground truth, prediction; `config.eval.num_visualizations` of them) and the
+       task's plots of the whole pass, `<split>_step<N>_<name>.png` (semantic: the
+       row-normalised confusion matrix);
     3. speed: images/s and ms/image of the eval program after warm-up, its compile time,
        and the end-to-end rate of the evaluation pass (input pipeline included);
     4. memory: parameter count and bytes, the compiled eval program's memory analysis
        (per device) and the device's peak memory where the backend reports it.
 
     Returns:
-      {"step", "scores", "cm", "extra", "table", "files"}.
+      {"step", "scores", "total" (the task's host total, e.g. the confusion matrix),
+      "extra", "table", "files"}.
     """
     mesh = mesh or sharding.make_mesh()
     split = split or config.dataset.eval_split
     run, step, state = restore(config, checkpoint_dir, which, mesh)
-    evaluator = run.evaluator
-    scores, cm = evaluator.evaluate_split(state, split)
+    task, evaluator = run.task, run.evaluator
+    scores, total = evaluator.evaluate_split(state, split)
     first_pass = dict(evaluator.last_pass)
     # A second pass with the program compiled: the end-to-end rate without compilation.
     evaluator.evaluate_split(state, split)
@@ -130,12 +140,7 @@ def run_evaluation(
     memory["device_memory_stats"] = evaluation.device_memory_stats()
     extra = {
         "checkpoint": {"directory": os.path.abspath(checkpoint_dir), "step": step, "which": which},
-        "inference": {
-            "mode": evaluator.mode.describe(),
-            "eval_pad_size": list(config.input.eval_pad_size),
-            "resize": list(config.eval.resize),
-            "global_batch_size": int(config.input.eval_batch_size),
-        },
+        "inference": task.describe(),
         "speed": speed,
         "memory": memory,
         "device": {
@@ -147,40 +152,30 @@ def run_evaluation(
 
     out_dir = os.path.join(output_dir, "eval")
     stem = os.path.join(out_dir, f"{split}_step{step}")
-    files: dict[str, Any] = {"visualizations": [], "confusion_matrix": stem + "_confusion.png"}
+    files: dict[str, Any] = {"visualizations": []}
     limit = int(config.eval.num_visualizations)
     if limit > 0:
-        for index, image, label, pred in evaluator.predictions(state, split, limit):
+        for index, sample, pred in evaluator.predictions(state, split, limit):
             path = os.path.join(stem + "_vis", f"{index:05d}.png")
             if jax.process_index() == 0:
-                panel = visualize.comparison_panel(
-                    image,
-                    label,
-                    pred,
-                    datasets.class_names(config.dataset),
-                    datasets.palette(config.dataset),
-                    ignore_index=config.dataset.ignore_index,
-                    title=f"{split} #{index}  {config.model.name} step {step}",
-                )
-                visualize.save_png(panel, path)
+                title = f"{split} #{index}  {config.model.name} step {step}"
+                visualize.save_png(task.panel(sample, pred, title), path)
             files["visualizations"].append(path)
-    if jax.process_index() == 0:
-        plot = visualize.confusion_matrix_image(
-            cm,
-            datasets.class_names(config.dataset),
-            title=f"{config.model.name} step {step}, {split}",
-        )
-        visualize.save_png(plot, files["confusion_matrix"])
+    plots = task.plots(total, f"{config.model.name} step {step}, {split}")
+    for name, image in plots.items():
+        files[name] = f"{stem}_{name}.png"
+        if jax.process_index() == 0:
+            visualize.save_png(image, files[name])
     extra["files"] = {
         "visualizations": os.path.relpath(stem + "_vis", out_dir) if limit > 0 else None,
-        "confusion_matrix": os.path.relpath(files["confusion_matrix"], out_dir),
+        **{name: os.path.relpath(files[name], out_dir) for name in plots},
     }
-    table = evaluation.write_report(output_dir, config, split, step, scores, extra)
+    table = evaluation.write_report(output_dir, task, split, step, scores, extra)
     files["report"] = stem + ".json"
     return {
         "step": step,
         "scores": scores,
-        "cm": cm,
+        "total": total,
         "extra": extra,
         "table": table,
         "files": files,
@@ -208,6 +203,31 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
     return sorted(paths)
 
 
+class UnreadableFilesError(RuntimeError):
+    """Some files could not be decoded; the others were predicted.
+
+    Attributes:
+      skipped: `[(path, reason), ...]` of the files that were skipped.
+      written: the prediction files that were written for the others.
+    """
+
+    def __init__(self, skipped: list[tuple[str, str]], written: list[str]):
+        self.skipped, self.written = skipped, written
+        lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
+        super().__init__(
+            f"{len(skipped)} of the files could not be read as images and were skipped "
+            f"({len(written)} predictions written):\n{lines}"
+        )
+
+
+def _try_read(path: str) -> tuple[np.ndarray | None, str]:
+    # (image, "") or (None, why): one bad file must not stop the others.
+    try:
+        return read_image(path), ""
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb...
+        return None, f"{type(e).__name__}: {e}"
+
+
 def predict_files(
     config: ml_collections.ConfigDict,
     checkpoint_dir: str,
@@ -218,102 +238,91 @@ def predict_files(
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Predicts image files and writes, per image, a label PNG and a colour overlay.
+    """Predicts image files and writes the task's prediction files for each.
 
     Images of any size share one compiled program: each is resized, keeping its aspect
     ratio, to fit the canvas `config.input.eval_pad_size` (up or down), padded to it,
-    predicted in the mode of `config.eval`; the class probabilities of its region are
-    resized (bilinear) back to the original size on the host and the argmax is taken.
+    normalised and predicted by the task's `ImagePredictor` in the mode of
+    `config.eval`; the task writes `<output>/<name>...` (semantic: the class
+    probabilities of the image's region resized back to its original size, a palette
+    label PNG `<name>.png` and `<name>_overlay.png`). Returns the paths written.
 
-    Writes `<output>/<name>.png` (palette PNG: pixel value = class index) and
-    `<output>/<name>_overlay.png`. Returns the label PNG paths.
+    Raises:
+      FileNotFoundError: no file matches `patterns`.
+      ValueError: the task cannot predict files.
+      UnreadableFilesError: after every readable file was predicted, if some files could
+        not be decoded (each named with the reason).
     """
     mesh = mesh or sharding.make_mesh()
     paths = expand_patterns(patterns)
     if not paths:
         raise FileNotFoundError(f"No image file matches {list(patterns)}")
     run, step, state = restore(config, checkpoint_dir, which, mesh)
+    predictor = run.task.image_predictor
+    if predictor is None:
+        raise ValueError(f"task {run.task.name!r} cannot predict image files (--images)")
     canvas = tuple(int(s) for s in config.input.eval_pad_size)
     global_batch = int(config.input.eval_batch_size)
     local_batch = sharding.local_batch_size(global_batch, mesh)
-    mode = inference.InferenceMode.from_config(config.eval)
-    predict_fn = inference.make_predict_fn(
-        run.model, mode, window_sharding=sharding.data_sharding(mesh)
-    )
     data = sharding.data_sharding(mesh)
-    probs_fn = jax.jit(
-        lambda state, images: (
-            jax.nn.softmax(
-                predict_fn({"params": state.params, "batch_stats": state.batch_stats}, images), -1
-            )
-            if mode.num_views == 1
-            else predict_fn({"params": state.params, "batch_stats": state.batch_stats}, images)
-        ),
+    predict = jax.jit(
+        lambda state, images: predictor.predict(base.variables(state), images),
         in_shardings=(run.state_sharding, data),
         out_shardings=data,
     )
     mean = np.asarray(config.input.mean, np.float32)
     std = np.asarray(config.input.std, np.float32)
     os.makedirs(output_dir, exist_ok=True)
-    written = []
+    written: list[str] = []
+    skipped: list[tuple[str, str]] = []
     bar = None
     if progress and jax.process_index() == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=len(paths), desc="predict", unit="img")
     start = time.perf_counter()
+    me = jax.process_index()
     for first in range(0, len(paths), global_batch):
         chunk = paths[first : first + global_batch]
-        mine = chunk[jax.process_index() * local_batch : (jax.process_index() + 1) * local_batch]
+        mine = range(me * local_batch, min((me + 1) * local_batch, len(chunk)))
+        # Process 0 writes every prediction, so it reads every image of the chunk.
+        wanted = range(len(chunk)) if me == 0 else mine
+        read = {i: _try_read(chunk[i]) for i in wanted}
         images = np.zeros((local_batch, *canvas, 3), np.float32)
-        for i, path in enumerate(mine):
-            image = read_image(path)
+        for j, i in enumerate(mine):
+            image = read[i][0]
+            if image is None:
+                continue
             rh, rw = inference.fit_size(*image.shape[:2], canvas)
             resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
-            images[i, :rh, :rw] = (resized.astype(np.float32) - mean) / std
+            images[j, :rh, :rw] = (resized.astype(np.float32) - mean) / std
         batch = jax.make_array_from_process_local_data(data, images)
-        probs = evaluation._to_host(probs_fn(state, batch))
-        if jax.process_index() == 0:
+        outputs = jax.tree.map(evaluation._to_host, predict(state, batch))
+        if me == 0:
             for i, path in enumerate(chunk):
-                image = read_image(path)
-                h, w = image.shape[:2]
-                rh, rw = inference.fit_size(h, w, canvas)
-                region = probs[i, :rh, :rw]
-                pred = _resize_channels(region, h, w).argmax(-1).astype(np.uint8)
+                image, reason = read[i]
+                if image is None:
+                    logging.warning("Skipping %s: %s", path, reason)
+                    skipped.append((path, reason))
+                    continue
+                fitted = inference.fit_size(*image.shape[:2], canvas)
                 name = os.path.splitext(os.path.basename(path))[0]
-                label_path = os.path.join(output_dir, f"{name}.png")
-                visualize.label_image(pred, datasets.palette(config.dataset)).save(label_path)
-                visualize.save_png(
-                    visualize.overlay(image, pred, datasets.palette(config.dataset)),
-                    os.path.join(output_dir, f"{name}_overlay.png"),
+                stem = os.path.join(output_dir, name)
+                written += predictor.write(
+                    image, jax.tree.map(lambda x, i=i: x[i], outputs), fitted, stem
                 )
-                written.append(label_path)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
     logging.info(
         "Predicted %d files with %s (step %d, %s) in %.1f s; one program compiled",
-        len(paths),
+        len(paths) - len(skipped),
         config.model.name,
         step,
-        mode.describe(),
+        run.task.describe().get("mode", run.task.name),
         time.perf_counter() - start,
     )
+    if skipped:
+        raise UnreadableFilesError(skipped, written)
     return written
-
-
-def _resize_channels(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    # Bilinear resize of [h, w, K] scores; cv2 takes at most 512 channels per call.
-    if x.shape[:2] == (height, width):
-        return x
-    parts = [
-        cv2.resize(
-            np.ascontiguousarray(x[..., k : k + 512]),
-            (width, height),
-            interpolation=cv2.INTER_LINEAR,
-        )
-        for k in range(0, x.shape[-1], 512)
-    ]
-    parts = [p[..., None] if p.ndim == 2 else p for p in parts]
-    return np.concatenate(parts, axis=-1)

@@ -1,81 +1,31 @@
-"""Scoring a model on a dataset split: jitted eval programs and the loop around them.
+"""Scoring a task's model on a dataset split: the eval programs and the loop around them.
 
-`Evaluator` compiles one eval program per mesh, ahead of time (fixed shapes: images
-padded to `config.input.eval_pad_size`, labels at original size padded to the label
-canvas, batches padded to `config.input.eval_batch_size` with a `valid` mask), runs the
-configured inference mode (`config.eval`, see `segjax.inference`), resizes the class
-scores back to each image's original size and accumulates the confusion matrix on
-device. It also records what the survey's speed and memory measures need: compile
-time, the compiled program's memory analysis, and timed runs after warm-up.
+`Evaluator` compiles a task's `Evaluation.accumulate` once per mesh, ahead of time (fixed
+shapes: the task's eval batches are padded to `config.input.eval_batch_size` with a
+`valid` mask), runs it over a split with the running carry on device, folds the carry
+and the per-batch outputs into the task's host total and finalises it into scores. It
+also records what the survey's speed and memory measures need: compile time, the
+compiled program's memory analysis, and timed runs after warm-up. What is scored (a
+confusion matrix, per-image scores, detections) is the task's business.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import inference, metrics, sharding
-from segjax.data import datasets, eval_pipeline, pipeline, transforms
+from segjax import sharding
+from segjax.data import pipeline, transforms
 from segjax.files import atomic_write
-
-
-def _variables(state) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def make_score_fn(model, config: ml_collections.ConfigDict, mesh=None) -> Callable:
-    """`score_fn(state, batch) -> scores` float32 [B, Hl, Wl, K] at original size.
-
-    `batch` has `image` [B, Hp, Wp, 3], `label` [B, Hl, Wl], `original_hw` and
-    `resized_hw` [B, 2]. Scores are computed by `inference.predict` in the mode of
-    `config.eval` and resized back to each image's original size (top-left of the
-    label canvas) when images were resized; otherwise cut (or padded) to the canvas.
-    """
-    mode = inference.InferenceMode.from_config(config.eval)
-    window_sharding = sharding.data_sharding(mesh) if mesh is not None else None
-    predict_fn = inference.make_predict_fn(model, mode, window_sharding=window_sharding)
-    resized = eval_pipeline.resize_setting(config) is not None
-
-    def score_fn(state, batch: dict) -> jax.Array:
-        scores = predict_fn(_variables(state), batch["image"])
-        hl, wl = batch["label"].shape[1:]
-        if resized:
-            return inference.resize_to_original(
-                scores, batch["resized_hw"], batch["original_hw"], (hl, wl)
-            )
-        hc, wc = scores.shape[1:3]
-        scores = jnp.pad(scores, ((0, 0), (0, max(hl - hc, 0)), (0, max(wl - wc, 0)), (0, 0)))
-        return scores[:, :hl, :wl]
-
-    return score_fn
-
-
-def make_eval_step(model, config: ml_collections.ConfigDict, mesh=None) -> Callable:
-    """`eval_step(state, batch, cm) -> cm + this batch's confusion matrix` [K, K] int32.
-
-    `state` has `params` and `batch_stats`; `batch` is an `eval_pipeline` batch. Samples
-    with `valid == False` and pixels labelled `ignore_index` count for nothing.
-    """
-    score_fn = make_score_fn(model, config, mesh)
-    num_classes, ignore_index = config.dataset.num_classes, config.dataset.ignore_index
-
-    def eval_step(state, batch: dict, cm: jax.Array) -> jax.Array:
-        pred = jnp.argmax(score_fn(state, batch), axis=-1)
-        return cm + metrics.confusion_matrix(
-            pred, batch["label"], num_classes, ignore_index=ignore_index, valid=batch["valid"]
-        )
-
-    return eval_step
+from segjax.tasks import base
 
 
 def memory_analysis(compiled) -> dict[str, int] | None:
@@ -141,10 +91,10 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 class Evaluator:
-    """Scores train states of one model on one mesh; compiles each program once.
+    """Scores train states of one task on one mesh; compiles each program once.
 
     Attributes:
-      mode: the `inference.InferenceMode` of `config.eval`.
+      task: the `tasks.base.Task` scored.
       compile_seconds: {"eval_step": s, "predict_step": s} for the programs compiled.
       memory: {"eval_step": memory_analysis(...)} for the programs compiled.
       last_pass: {"images", "batches", "seconds"} of the latest `evaluate_split`.
@@ -152,29 +102,27 @@ class Evaluator:
 
     def __init__(
         self,
+        task: base.Task,
         config: ml_collections.ConfigDict,
-        model,
         mesh: jax.sharding.Mesh,
         state_sharding: Any,
     ):
+        self.task = task
         self.config = config
         self.mesh = mesh
-        self.num_classes = config.dataset.num_classes
-        self.mode = inference.InferenceMode.from_config(config.eval)
+        evaluation = task.evaluation
+        self._evaluation = evaluation
         repl = sharding.replicated(mesh)
         data = sharding.data_sharding(mesh)
-        self._zeros = functools.partial(
-            sharding.replicate, np.zeros((self.num_classes,) * 2, np.int32), mesh
-        )
+        self._zeros = functools.partial(sharding.replicate, evaluation.zeros(), mesh)
         self.eval_step = jax.jit(
-            make_eval_step(model, config, mesh),
+            lambda state, batch, carry: evaluation.accumulate(base.variables(state), batch, carry),
             in_shardings=(state_sharding, data, repl),
-            out_shardings=repl,
+            out_shardings=(repl, data),
             donate_argnums=(2,),
         )
-        score_fn = make_score_fn(model, config, mesh)
         self.predict_step = jax.jit(
-            lambda state, batch: jnp.argmax(score_fn(state, batch), axis=-1).astype(jnp.int32),
+            lambda state, batch: task.predict(base.variables(state), batch),
             in_shardings=(state_sharding, data),
             out_shardings=data,
         )
@@ -194,30 +142,40 @@ class Evaluator:
             self._compiled[name] = compiled
         return self._compiled[name]
 
-    def confusion_matrix(self, state, batches: Iterable[dict[str, np.ndarray]]) -> np.ndarray:
-        """The int64 confusion matrix [K, K] of `state` over `batches` (all processes).
+    def accumulate(self, state, batches: Iterable[dict[str, np.ndarray]]) -> Any:
+        """The task's host total of `state` over `batches` (all processes).
 
-        The running sum stays on device in int32 and is flushed to a host int64 total
-        before it could overflow, so no host sync happens per batch. Sets `last_pass`.
+        The carry stays on device and is flushed into the host total every
+        `batches_per_flush` batches and at the end; per-batch outputs are fetched one
+        batch behind, so the next batch is dispatched before the host waits. Sets
+        `last_pass`.
         """
-        accumulator = metrics.ConfusionMatrixAccumulator(self.num_classes)
-        cm, pixels_in_cm = self._zeros(), 0
+        evaluation = self._evaluation
+        total = evaluation.new_total()
+        carry, in_carry, capacity = self._zeros(), 0, None
+        waiting = None  # the previous batch's outputs, fetched after the next dispatch
         prefetch = self.config.input.prefetch
         start, num_images, num_batches = time.perf_counter(), 0, 0
         for batch in sharding.prefetch_to_mesh(batches, self.mesh, prefetch):
-            batch_pixels = math.prod(batch["label"].shape)
-            if pixels_in_cm + batch_pixels >= 2**31 - 1:
-                accumulator.update(jax.device_get(cm))
-                cm, pixels_in_cm = self._zeros(), 0
-            step = self._program("eval_step", state, batch, cm)
-            cm = step(state, batch, cm)
-            pixels_in_cm += batch_pixels
+            if capacity is None and evaluation.batches_per_flush is not None:
+                capacity = evaluation.batches_per_flush(batch)
+            if capacity is not None and in_carry >= capacity:
+                total = evaluation.merge_carry(total, jax.device_get(carry))
+                carry, in_carry = self._zeros(), 0
+            step = self._program("eval_step", state, batch, carry)
+            carry, outputs = step(state, batch, carry)
+            in_carry += 1
+            if waiting is not None:
+                total = evaluation.merge_outputs(total, jax.tree.map(_to_host, waiting))
+            waiting = outputs if jax.tree.leaves(outputs) else None
             num_images += int(np.sum(_to_host(batch["valid"])))
             num_batches += 1
-        accumulator.update(jax.device_get(cm))
+        if waiting is not None:
+            total = evaluation.merge_outputs(total, jax.tree.map(_to_host, waiting))
+        total = evaluation.merge_carry(total, jax.device_get(carry))
         seconds = time.perf_counter() - start
         self.last_pass = {"images": num_images, "batches": num_batches, "seconds": seconds}
-        return accumulator.matrix
+        return total
 
     def batches(self, split: str, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """This process's eval batches of `split` (the first `limit` images if given)."""
@@ -225,28 +183,28 @@ class Evaluator:
         if limit is not None:
             source = _Subset(source, limit)
         per_process = sharding.local_batch_size(self.config.input.eval_batch_size, self.mesh)
-        return eval_pipeline.eval_batches(self.config, source, per_process_batch=per_process)
+        return self.task.eval_batches(source, per_process)
 
-    def evaluate_split(self, state, split: str) -> tuple[dict[str, Any], np.ndarray]:
-        """Scores `state` on `split` of the configured dataset: (scores, confusion matrix)."""
-        cm = self.confusion_matrix(state, self.batches(split))
-        return metrics.segmentation_scores(cm), cm
+    def evaluate_split(self, state, split: str) -> tuple[dict[str, Any], Any]:
+        """Scores `state` on `split` of the configured dataset: (scores, host total)."""
+        total = self.accumulate(state, self.batches(split))
+        return self._evaluation.finalize(total), total
 
-    def predictions(
-        self, state, split: str, limit: int
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-        """`(index, image uint8 [h, w, 3], label [h, w], prediction [h, w])` of the first
-        `limit` images of `split`, at original size (every process gets all of them)."""
+    def predictions(self, state, split: str, limit: int) -> Iterator[tuple[int, dict, Any]]:
+        """`(index, sample, prediction)` of the first `limit` images of `split`.
+
+        `sample` is the decoded record (`transforms.decode_record`: image and label at
+        original size), `prediction` this sample's slice of `task.predict` (numpy);
+        every process gets all of them.
+        """
         source = pipeline.load_split(self.config, split)
         for batch in sharding.prefetch_to_mesh(self.batches(split, limit), self.mesh, 1):
             step = self._program("predict_step", state, batch)
-            pred = _to_host(step(state, batch))
+            pred = jax.tree.map(_to_host, step(state, batch))
             index = _to_host(batch["index"])
-            hw = _to_host(batch["original_hw"])
             for i in np.flatnonzero(index >= 0):
                 sample = transforms.decode_record(source[int(index[i])])
-                h, w = hw[i]
-                yield int(index[i]), sample["image"], sample["label"], pred[i, :h, :w]
+                yield int(index[i]), sample, jax.tree.map(lambda x, i=i: x[i], pred)
 
     def benchmark(self, state, split: str, iters: int) -> dict[str, float]:
         """Speed of the eval program on one batch already on device, after a warm-up.
@@ -255,20 +213,20 @@ class Evaluator:
         runs, and the compile time of the eval program (measured when it was built).
         """
         batch = next(sharding.prefetch_to_mesh(self.batches(split), self.mesh, 1))
-        cm = self._zeros()
-        step = self._program("eval_step", state, batch, cm)
-        cm = jax.block_until_ready(step(state, batch, cm))  # warm-up
+        carry = self._zeros()
+        step = self._program("eval_step", state, batch, carry)
+        carry, outputs = jax.block_until_ready(step(state, batch, carry))  # warm-up
         start = time.perf_counter()
         for _ in range(iters):
-            cm = step(state, batch, cm)
-        jax.block_until_ready(cm)
+            carry, outputs = step(state, batch, carry)
+        jax.block_until_ready((carry, outputs))
         seconds = time.perf_counter() - start
-        images = iters * int(batch["image"].shape[0])
+        images = iters * int(batch["valid"].shape[0])
         return {
             "images_per_second": images / seconds,
             "ms_per_image": 1000 * seconds / images,
             "timed_batches": iters,
-            "batch_size": int(batch["image"].shape[0]),
+            "batch_size": int(batch["valid"].shape[0]),
             "compile_seconds": self.compile_seconds["eval_step"],
         }
 
@@ -286,7 +244,7 @@ def parameter_footprint(state) -> dict[str, int]:
 
 def write_report(
     output_dir: str,
-    config: ml_collections.ConfigDict,
+    task: base.Task,
     split: str,
     step: int,
     scores: dict[str, Any],
@@ -294,18 +252,18 @@ def write_report(
 ) -> str:
     """Writes `<output_dir>/eval/<split>_step<N>.{json,txt}`; returns the text table.
 
-    `extra` (e.g. `{"inference": ..., "speed": ..., "memory": ...}`) is added to the
-    JSON as is and to the text as `key: value` lines after the table.
+    The table and the JSON body are the task's (`task.report`); `extra` (e.g.
+    `{"inference": ..., "speed": ..., "memory": ...}`) is added to the JSON as is and to
+    the text as `key: value` lines after the table.
     """
-    class_names = datasets.class_names(config.dataset)
-    table = metrics.format_report(scores, class_names)
+    table, body = task.report(scores)
     if extra:
         table += "\n" + "\n".join(format_extra(extra))
     if jax.process_index() == 0:
         out_dir = os.path.join(output_dir, "eval")
         os.makedirs(out_dir, exist_ok=True)
         stem = os.path.join(out_dir, f"{split}_step{step}")
-        report = {"split": split, "step": step, **metrics.report_dict(scores, class_names)}
+        report = {"split": split, "step": step, "task": task.name, **body}
         report.update(extra or {})
         atomic_write(stem + ".json", json.dumps(report, indent=2))
         atomic_write(stem + ".txt", table + "\n")

@@ -19,6 +19,7 @@ classes. `build_loss("cross_entropy:1.0+dice:0.5")` combines them by name.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -662,6 +663,23 @@ def _parse_spec(spec: str) -> list[tuple[str, float]]:
             raise ValueError(f"weight of {name!r} must be finite, got {value}")
         terms.append((_canonical(name), value))
     return terms
+
+
+def loss_options(config) -> dict[str, dict[str, Any]]:
+    """`config.loss.options` (a JSON object of per-loss keyword arguments) as a dict."""
+    text = config.loss.options
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"config.loss.options is not valid JSON ({e}): {text!r}") from e
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ValueError(
+            'config.loss.options must be a JSON object {"loss_name": {"kwarg": value}}; '
+            f"got {text!r}"
+        )
+    return options
 
 
 def build_loss(

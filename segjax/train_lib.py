@@ -1,9 +1,11 @@
-"""Training and evaluation: pure step functions, and the loop that runs them.
+"""The training loop, written once for every task.
 
-The state is a plain pytree (`TrainState`); `train_step(state, batch, rng)` and
-`eval_step(state, batch)` are pure and jitted once with explicit shardings over the
-run's mesh. The loop around them (`train_and_evaluate`) does the host work: input,
-logging, evaluation, checkpoints, resume.
+A task (`segjax.tasks`, chosen by `config.task`) supplies its model, loss, batches and
+metric; this module turns them into a run over one mesh: the state is a plain pytree
+(`TrainState`), `train_step(state, batch, rng)` is the task's loss under the shared
+non-finite guard (`tasks.base.make_train_step`), jitted once with explicit shardings and
+the state donated. The loop around it (`train_and_evaluate`) does the host work: input,
+logging, evaluation, checkpoints, resume, preemption.
 """
 
 from __future__ import annotations
@@ -18,20 +20,21 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
 
-from segjax import evaluation, losses, optim, sharding
-from segjax.checkpoint import BEST_METRIC, Checkpointer
+from segjax import evaluation, sharding, tasks
+from segjax.checkpoint import Checkpointer
 from segjax.data import pipeline
 from segjax.files import atomic_write
 from segjax.metric_writer import MetricWriter
-from segjax.models import build_model as build_registered_model
+from segjax.tasks import base
+from segjax.tasks.base import TrainState
+
+__all__ = ["Run", "TrainState", "check_workdir_config", "setup", "train_and_evaluate"]
 
 # Keys a resumed run may change without being refused (they do not change the result).
 RESUMABLE_CHANGES = (
@@ -50,161 +53,9 @@ RESUMABLE_CHANGES = (
     "eval.",  # a prefix: how evaluation runs does not change what training computes
 )
 
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a training step updates.
-
-    Attributes:
-      step: int32 scalar, the number of updates applied.
-      params: float32 parameters (master weights, whatever the compute dtype).
-      batch_stats: BatchNorm running statistics.
-      opt_state: the optax state.
-      nonfinite_in_a_row: int32 scalar, consecutive steps skipped for a non-finite loss
-        or gradient (0 after every good step).
-      nonfinite_total: int32 scalar, all steps skipped so far.
-    """
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    nonfinite_in_a_row: jax.Array
-    nonfinite_total: jax.Array
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-    name = config.model.dtype
-    if name not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"config.model.dtype={name!r}; expected 'float32' or 'bfloat16'")
-    return jnp.dtype(name)
-
-
-def build_model(config: ml_collections.ConfigDict):
-    """The segmentor named by `config.model.name`, its other keys passed as arguments."""
-    kwargs = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
-    return build_registered_model(
-        config.model.name,
-        num_classes=config.dataset.num_classes,
-        dtype=compute_dtype(config),
-        **kwargs,
-    )
-
-
-def loss_options(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
-    """`config.loss.options` (a JSON object of per-loss keyword arguments) as a dict."""
-    text = config.loss.options
-    if not text:
-        return {}
-    try:
-        options = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"config.loss.options is not valid JSON ({e}): {text!r}") from e
-    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise ValueError(
-            'config.loss.options must be a JSON object {"loss_name": {"kwarg": value}}; '
-            f"got {text!r}"
-        )
-    return options
-
-
-def init_state(
-    model, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...]
-) -> TrainState:
-    """Fresh parameters and optimizer state for images of `image_shape` [B, H, W, 3]."""
-    variables = model.init(
-        {"params": rng, "dropout": rng}, jnp.zeros(image_shape, jnp.float32), train=False
-    )
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-        nonfinite_in_a_row=jnp.zeros((), jnp.int32),
-        nonfinite_total=jnp.zeros((), jnp.int32),
-    )
-
-
-# ----------------------------------------------------------------------------- steps
-
-
-def make_train_step(
-    model,
-    tx: optax.GradientTransformation,
-    loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
-    schedule: optax.Schedule,
-    *,
-    aux_weight: float,
-) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """The pure update `train_step(state, batch, rng) -> (state, metrics)`.
-
-    `batch["image"]` float [B, H, W, 3], `batch["label"]` int32 [B, H, W]; the loss is
-    averaged over the valid pixels of the global batch. `rng` is the run's base key;
-    the step's dropout key is `fold_in(rng, state.step)`, so a resumed run draws the
-    same randomness as an uninterrupted one.
-
-    A step whose loss or gradients are not all finite changes nothing but `step` and
-    the non-finite counters: parameters, optimizer state and BatchNorm statistics stay
-    as they were (the batch is consumed, the update is skipped).
-    """
-
-    def train_step(state: TrainState, batch: dict, rng: jax.Array):
-        dropout_rng = jax.random.fold_in(rng, state.step)
-
-        def compute_loss(params):
-            outputs, new_model_state = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                batch["image"],
-                train=True,
-                rngs={"dropout": dropout_rng},
-                mutable=["batch_stats"],
-            )
-            total, terms = losses.segmentation_loss(
-                outputs, batch["label"], loss_fn, aux_weight=aux_weight
-            )
-            return total, (terms, new_model_state)
-
-        (loss, (terms, new_model_state)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-            state.params
-        )
-        finite = jnp.isfinite(loss) & jnp.all(
-            jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-        )
-
-        def update():
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            return params, new_model_state.get("batch_stats", state.batch_stats), opt_state
-
-        def keep():
-            return state.params, state.batch_stats, state.opt_state
-
-        # A branch, not a select: the update is computed in place, and only when it is used.
-        params, batch_stats, opt_state = jax.lax.cond(finite, update, keep)
-        skipped = (~finite).astype(jnp.int32)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-            nonfinite_in_a_row=(state.nonfinite_in_a_row + skipped) * skipped,
-            nonfinite_total=state.nonfinite_total + skipped,
-        )
-        step_metrics = {
-            "loss": loss,
-            "nonfinite_in_a_row": new_state.nonfinite_in_a_row,
-            "nonfinite_total": new_state.nonfinite_total,
-            "learning_rate": schedule(state.step),
-            "grad_norm": optax.global_norm(grads),
-            **{f"loss/{k}": v for k, v in terms.items() if k != "total"},
-        }
-        return new_state, step_metrics
-
-    return train_step
+# Keys added after runs were first saved, with the value that reproduces those runs: a
+# saved config without the key resumes as if it had held this value.
+ADDED_KEYS = {"task": "semantic"}
 
 
 # ----------------------------------------------------------------------------- runner
@@ -216,32 +67,33 @@ class Run:
 
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
-    model: Any
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
+    task: base.Task
     state_sharding: Any
     abstract_state: Any
     init_fn: Callable[[jax.Array], TrainState]
     train_step: Callable
     evaluator: evaluation.Evaluator
 
+    @property
+    def model(self) -> Any:
+        return self.task.model
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        return self.task.tx
+
+    @property
+    def schedule(self) -> optax.Schedule:
+        return self.task.schedule
+
     def new_state(self, rng: jax.Array) -> TrainState:
         return self.init_fn(rng)
 
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
-    """Builds the model and optimizer and jits init, train and eval steps for `mesh`."""
-    model = build_model(config)
-    tx, schedule = optim.make_optimizer(config, config.train.steps)
-    loss_fn = losses.build_loss(
-        config.loss.name,
-        ignore_index=config.dataset.ignore_index,
-        options=loss_options(config),
-    )
-    h, w = config.input.crop_size
-    image_shape = (1, h, w, 3)
-
-    init = functools.partial(init_state, model, tx, image_shape=image_shape)
+    """Builds `config`'s task and jits its init, train and eval programs for `mesh`."""
+    task = tasks.build_task(config, mesh)
+    init = functools.partial(base.init_train_state, task)
     abstract = jax.eval_shape(init, jax.random.key(0))
     repl = sharding.replicated(mesh)
     state_sharding = sharding.state_shardings(
@@ -251,13 +103,11 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
     )
     data = sharding.data_sharding(mesh)
-    train_step = make_train_step(model, tx, loss_fn, schedule, aux_weight=config.loss.aux_weight)
+    train_step = base.make_train_step(task.loss, task.tx, task.schedule)
     return Run(
         config=config,
         mesh=mesh,
-        model=model,
-        tx=tx,
-        schedule=schedule,
+        task=task,
         state_sharding=state_sharding,
         abstract_state=abstract_state,
         init_fn=jax.jit(init, out_shardings=state_sharding),
@@ -267,7 +117,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
             out_shardings=(state_sharding, repl),
             donate_argnums=(0,),
         ),
-        evaluator=evaluation.Evaluator(config, model, mesh, state_sharding),
+        evaluator=evaluation.Evaluator(task, config, mesh, state_sharding),
     )
 
 
@@ -302,6 +152,9 @@ def check_workdir_config(
     except (OSError, ValueError) as e:
         raise ValueError(f"{path} is not a readable segjax config: {e}") from e
     current = _flat_items(config)
+    for key, value in ADDED_KEYS.items():
+        saved.setdefault(key, value)
+        current.setdefault(key, value)
     changed = sorted(
         k
         for k in set(saved) | set(current)
@@ -317,11 +170,16 @@ def check_workdir_config(
         )
 
 
-def _with_states(data_iter: Iterator) -> Iterator[tuple[dict, bytes]]:
-    # Pairs each batch with the iterator state right after it (for exact resume).
+def _with_states(
+    data_iter: Iterator, task: base.Task, per_process_batch: int
+) -> Iterator[tuple[dict, bytes]]:
+    # Pairs each batch with the iterator state right after it (for exact resume); the
+    # first batch is checked against the task's batch spec.
+    batch = next(data_iter)
+    base.check_batch(task, batch, per_process_batch)
     while True:
-        batch = next(data_iter)
         yield batch, data_iter.get_state()
+        batch = next(data_iter)
 
 
 class _CompileTimer:
@@ -363,8 +221,9 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
-    Returns the final validation scores (see `metrics.segmentation_scores`) and the
-    step they belong to under `"step"`.
+    Returns the final validation scores (the task's `Evaluation.finalize`, e.g.
+    `metrics.segmentation_scores`), their headline numbers (`task.summary`) under
+    `"summary"` and the step they belong to under `"step"`.
     """
     cache_dir = config.train.get("compilation_cache_dir", "")
     if cache_dir:
@@ -384,13 +243,12 @@ def train_and_evaluate(
         keep=config.train.keep_checkpoints,
         keep_best=config.train.keep_best,
         async_save=config.train.async_checkpointing,
+        best_metric=run.task.best_metric,
     )
 
     train_source = pipeline.load_split(config, config.dataset.train_split)
     per_process = sharding.local_batch_size(config.input.batch_size, mesh)
-    data_iter = iter(
-        pipeline.train_loader(config, train_source, per_process_batch=per_process, seed=config.seed)
-    )
+    data_iter = iter(run.task.train_batches(train_source, per_process, config.seed))
 
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     train_rng = sharding.replicate(train_rng, mesh)
@@ -416,7 +274,7 @@ def train_and_evaluate(
     last_log_time, last_log_step = time.perf_counter(), step
     data_state: bytes | None = None
     batches = sharding.prefetch(
-        _with_states(data_iter),
+        _with_states(data_iter, run.task, per_process),
         lambda pair: (sharding.shard_batch(pair[0], mesh), pair[1]),
         config.input.prefetch,
     )
@@ -483,15 +341,16 @@ def train_and_evaluate(
                 last_log_time += time.perf_counter() - eval_start
             if is_eval or step % config.train.checkpoint_every == 0:
                 _check_nonfinite(pending, config.train.max_nonfinite_in_a_row)
-                ckpt_metrics = (
-                    {BEST_METRIC: float(np.nan_to_num(scores["miou"]))} if is_eval else None
-                )
+                ckpt_metrics = None
+                if is_eval:
+                    best = run.task.best_metric
+                    ckpt_metrics = {best: float(np.nan_to_num(run.task.summary(scores)[best]))}
                 ckpt.save(step, state, data_state=data_state, metrics=ckpt_metrics)
     if scores is None:
         # Nothing left to train (a finished run started again): score the final state.
         scores, _ = run.evaluator.evaluate_split(state, config.dataset.eval_split)
     _close(ckpt, writer)
-    return {"step": step, **scores}
+    return {"step": step, **scores, "summary": run.task.summary(scores)}
 
 
 class NonFiniteError(FloatingPointError):
@@ -526,22 +385,16 @@ def _summarise(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
 def _evaluate_and_log(run: Run, state: TrainState, step: int, workdir: str, writer) -> dict:
     split = run.config.dataset.eval_split
     scores, _ = run.evaluator.evaluate_split(state, split)
-    writer.write_scalars(
-        step,
-        {
-            "val/miou": scores["miou"],
-            "val/pixel_accuracy": scores["pixel_accuracy"],
-            "val/mean_accuracy": scores["mean_accuracy"],
-        },
-    )
-    logging.info(
-        "step %d  val mIoU %.2f%%  pixel acc %.2f%%",
-        step,
-        100 * scores["miou"],
-        100 * scores["pixel_accuracy"],
-    )
-    evaluation.write_report(workdir, run.config, split, step, scores)
+    summary = run.task.summary(scores)
+    writer.write_scalars(step, {f"val/{k}": v for k, v in summary.items()})
+    logging.info("step %d  val %s", step, format_summary(summary))
+    evaluation.write_report(workdir, run.task, split, step, scores)
     return scores
+
+
+def format_summary(summary: dict[str, float]) -> str:
+    """`"miou 23.80%  pixel_accuracy 82.33%"`: a task's headline scores (fractions) in %."""
+    return "  ".join(f"{k} {100 * v:.2f}%" for k, v in summary.items())
 
 
 def _close(ckpt: Checkpointer, writer: MetricWriter) -> None:

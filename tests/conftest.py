@@ -34,3 +34,15 @@ def tiny_config(shapes_data_dir):
     with config.unlocked():
         config.dataset.data_dir = shapes_data_dir
     return config
+
+
+@pytest.fixture(scope="session")
+def eval_cli():
+    """eval.py as a module (its absl flags defined once per session)."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("segjax_eval_cli", os.path.join(root, "eval.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,6 @@
 """eval.py end to end on a tiny trained workdir: the four parts of the report, and
 predictions on the user's own image files."""
 
-import importlib.util
 import json
 import os
 
@@ -14,14 +13,6 @@ from PIL import Image
 from segjax import sharding, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def eval_cli():
-    spec = importlib.util.spec_from_file_location("segjax_eval_cli", os.path.join(ROOT, "eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines the absl flags once
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +30,8 @@ def workdir(shapes_data_dir, tmp_path_factory):
     return workdir
 
 
-def _run(eval_cli, argv):
+def run_eval_cli(eval_cli, argv):
+    """Runs eval.py's main with `argv` (the flags parsed afresh)."""
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["eval.py", *argv])
     try:
@@ -50,7 +42,7 @@ def _run(eval_cli, argv):
 
 def test_eval_writes_the_four_parts(eval_cli, workdir, tmp_path, capsys):
     out = str(tmp_path / "out")
-    _run(
+    run_eval_cli(
         eval_cli,
         [
             "--workdir",
@@ -113,7 +105,7 @@ def test_predict_own_files_at_original_size(eval_cli, workdir, tmp_path):
             inputs / f"{name}.jpg"
         )
     out = str(tmp_path / "pred")
-    _run(
+    run_eval_cli(
         eval_cli,
         ["--workdir", workdir, "--images", str(inputs / "*.jpg"), "--output", out, "--flip"],
     )
@@ -122,3 +114,21 @@ def test_predict_own_files_at_original_size(eval_cli, workdir, tmp_path):
         assert label.mode == "P" and label.size == (w, h)
         assert np.asarray(label).max() < 6
         assert Image.open(os.path.join(out, f"{name}_overlay.png")).size == (w, h)
+
+
+def test_one_unreadable_file_is_skipped_and_named(eval_cli, workdir, tmp_path):
+    inputs = tmp_path / "photos"
+    inputs.mkdir()
+    for name in ("a", "c", "d"):
+        Image.fromarray(np.full((20, 30, 3), 100, np.uint8)).save(inputs / f"{name}.png")
+    (inputs / "b.png").write_text("this is not a PNG")
+    out = str(tmp_path / "pred")
+    with pytest.raises(SystemExit, match=r"(?s)1 of the files.*b\.png"):
+        run_eval_cli(
+            eval_cli, ["--workdir", workdir, "--images", str(inputs / "*"), "--output", out]
+        )
+    assert sorted(f for f in os.listdir(out) if not f.endswith("_overlay.png")) == [
+        "a.png",
+        "c.png",
+        "d.png",
+    ]

@@ -43,7 +43,7 @@ def test_every_image_scored_once_at_original_size_and_compiled_once(tiny_config)
             compiles.append(event)
 
     evaluator = run.evaluator
-    cm = evaluator.confusion_matrix(
+    cm = evaluator.accumulate(
         state, eval_pipeline.eval_batches(config, records, per_process_batch=per_process)
     )
     assert evaluator.last_pass["images"] == 11 and evaluator.last_pass["batches"] == 2
@@ -66,7 +66,7 @@ def test_every_image_scored_once_at_original_size_and_compiled_once(tiny_config)
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         more = _records(5, [(33, 64)], k, seed=1)
-        cm2 = evaluator.confusion_matrix(
+        cm2 = evaluator.accumulate(
             state, eval_pipeline.eval_batches(config, more, per_process_batch=per_process)
         )
     finally:
@@ -95,7 +95,7 @@ def test_resized_evaluation_scores_labels_at_original_size(tiny_config):
     np.testing.assert_array_equal(batches[0]["resized_hw"][:2], [[32, 24], [11, 32]])
     np.testing.assert_array_equal(batches[0]["original_hw"][:2], [[64, 48], [20, 60]])
     np.testing.assert_array_equal(batches[0]["label"][1, :20, :60], records[1]["label"][..., 0])
-    cm = run.evaluator.confusion_matrix(state, batches)
+    cm = run.evaluator.accumulate(state, batches)
     assert cm.sum() == sum(int((r["label"] != 255).sum()) for r in records)
     scores = metrics.segmentation_scores(cm)
     assert 0.0 <= scores["pixel_accuracy"] <= 1.0

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import eval_lib, sharding, train_lib
+from segjax import eval_lib, losses, sharding, train_lib
 from segjax.checkpoint import Checkpointer
 
 
@@ -110,10 +110,10 @@ def test_loss_options_from_config(tiny_config):
     config = tiny_config.copy_and_resolve_references()
     config.loss.name = "cross_entropy+dice:0.5"
     config.loss.options = '{"dice": {"smooth": 0.0}, "cross_entropy": {"label_smoothing": 0.1}}'
-    assert train_lib.loss_options(config)["dice"] == {"smooth": 0.0}
+    assert losses.loss_options(config)["dice"] == {"smooth": 0.0}
     config.loss.options = '{"dice": {"no_such_kwarg": 1}}'
     with pytest.raises((ValueError, TypeError), match="no_such_kwarg"):
         train_lib.setup(config, sharding.make_mesh(jax.devices()[:1]))
     config.loss.options = "{not json"
     with pytest.raises(ValueError, match=r"config\.loss\.options"):
-        train_lib.loss_options(config)
+        losses.loss_options(config)

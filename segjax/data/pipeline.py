@@ -9,6 +9,8 @@ per worker) and is what the checkpoint stores for an exact resume.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grain.python as grain
 import ml_collections
 
@@ -16,7 +18,12 @@ from segjax.data import datasets, transforms
 
 
 def train_loader(
-    config: ml_collections.ConfigDict, source, *, per_process_batch: int, seed: int
+    config: ml_collections.ConfigDict,
+    source,
+    *,
+    per_process_batch: int,
+    seed: int,
+    extra_operations: Sequence[grain.Transformation] = (),
 ) -> grain.DataLoader:
     """Infinite, shuffled, augmented batches of this process's shard of `source`.
 
@@ -33,6 +40,9 @@ def train_loader(
     same batches, and each augmented sample is the same for any `worker_count`. With
     `W > 0` workers, worker `i` batches records `i, i + W, ...`: every `W` consecutive
     batches hold the same samples as with 0 workers, grouped differently.
+
+    `extra_operations` (a task's own per-sample ops, e.g. turning the label map into
+    another target) run after the augmentation, before batching.
     """
     ic = config.input
     sampler = grain.IndexSampler(
@@ -55,6 +65,7 @@ def train_loader(
             std=ic.std,
             ignore_index=config.dataset.ignore_index,
         ),
+        *extra_operations,
         grain.Batch(per_process_batch, drop_remainder=True),
     ]
     if ic.worker_count > 0:

@@ -23,16 +23,25 @@ parameter would get a zero gradient on the first step.
 
 The auxiliary head (``aux_head``), as for every segjax model, is an FCN head on pool4
 (``"s16"``) whose logits are bilinearly resized to the input.
+
+Also here: torchvision's FCN head on a dilated ResNet (``fcn_resnet*``) and the per-pixel
+colour baseline (``pixel_mlp``), a bare classifier with no spatial context.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.backbones.vgg import VGGFullyConv
-from segjax.models.layers import classifier_conv, resize_bilinear
+from segjax.models.backbones.resnet import ResNet, ResNet50, ResNet101, ResNetMicro
+from segjax.models.backbones.vgg import VGG, VGG16_STAGES, VGG_TINY_STAGES, VGGFullyConv
+from segjax.models.builder_parts import aux_fcn_head, check_fixed_stride
+from segjax.models.heads.fcn import FCNHead
+from segjax.models.layers import PixelMLP, classifier_conv, resize_bilinear
+from segjax.models.segmentor import Segmentor
 from segjax.models.upsampling import LearnedUpsample
 
 Array = jax.Array
@@ -104,3 +113,118 @@ class FCN(nn.Module):
 
     def _score(self, x: Array, name: str) -> Array:
         return classifier_conv(self.num_classes, self.dtype, name=name)(x)
+
+
+def fcn_vgg_builder(
+    stride: int, stages: Sequence[Sequence[int]] = VGG16_STAGES, fc_channels: int = 4096
+) -> Callable[..., FCN]:
+    """An FCN-{stride}s builder on a VGG trunk."""
+
+    def builder(
+        *,
+        num_classes: int,
+        dtype: jnp.dtype = jnp.float32,
+        output_stride: int | None = None,
+        aux_head: bool = False,
+        batch_norm: bool = False,
+        dropout: float = 0.5,
+    ) -> FCN:
+        """FCN on VGG-16 (Long et al.), skips fused at stride ``stride``.
+
+        Args:
+            num_classes: output classes.
+            dtype: compute dtype; params are float32.
+            output_stride: None or 32 (the trunk's stride is fixed; the variant's 32/16/8
+                is the finest skip, part of the model's name).
+            aux_head: add an FCN auxiliary head on pool4 (``"aux_logits"``).
+            batch_norm: VGG-16-BN trunk instead of the paper's plain VGG-16.
+            dropout: dropout after fc6 and fc7.
+        """
+        check_fixed_stride(f"fcn{stride}s", output_stride, 32)
+        backbone = VGG(stages=tuple(stages), batch_norm=batch_norm, dtype=dtype)
+        channels = backbone.feature_channels()["s16"]
+        return FCN(
+            num_classes,
+            backbone,
+            stride=stride,
+            fc_channels=fc_channels,
+            dropout=dropout,
+            aux_head=aux_fcn_head(channels, num_classes, dtype) if aux_head else None,
+            dtype=dtype,
+        )
+
+    return builder
+
+
+def fcn_resnet_builder(backbone_cls: Callable[..., ResNet]) -> Callable[..., Segmentor]:
+    """torchvision's ``fcn_resnet*``: ``FCNHead(C5, K)`` on a dilated ResNet."""
+
+    def builder(
+        *,
+        num_classes: int,
+        dtype: jnp.dtype = jnp.float32,
+        output_stride: int | None = None,
+        aux_head: bool = False,
+        deep_stem: bool = False,
+        dropout: float = 0.1,
+    ) -> Segmentor:
+        """FCN head (3x3 conv to C5/4, BN, ReLU, dropout, 1x1) on a ResNet.
+
+        Args:
+            num_classes: output classes.
+            dtype: compute dtype; params are float32.
+            output_stride: 8 (default, as torchvision), 16 or 32.
+            aux_head: add torchvision's auxiliary ``FCNHead`` on ``"s16"``.
+            deep_stem: ResNet v1c stem.
+            dropout: dropout before the classifier (torchvision: 0.1).
+        """
+        backbone = backbone_cls(output_stride=output_stride or 8, deep_stem=deep_stem, dtype=dtype)
+        channels = backbone.feature_channels()
+        head = FCNHead(
+            num_classes, channels=channels["s32"] // 4, dropout=dropout, in_key="s32", dtype=dtype
+        )
+        aux = aux_fcn_head(channels["s16"], num_classes, dtype) if aux_head else None
+        return Segmentor(backbone=backbone, neck=None, head=head, aux_head=aux)
+
+    return builder
+
+
+def pixel_mlp(
+    *,
+    num_classes: int,
+    dtype: jnp.dtype = jnp.float32,
+    output_stride: int | None = None,
+    aux_head: bool = False,
+    widths: Sequence[int] = (64, 64),
+) -> Segmentor:
+    """Per-pixel colour classifier: 1x1 convs ``3 -> 64 -> 64 -> K``, no spatial context.
+
+    Args:
+        num_classes: output classes.
+        dtype: compute dtype; params are float32.
+        output_stride: accepted, like every builder, so that one config can switch models;
+            it has no effect: the model has no stride to trade for dilation and always
+            works at full resolution.
+        aux_head: must be False (there is no intermediate level to supervise).
+        widths: channels of the hidden 1x1 layers.
+    """
+    del output_stride  # Always stride 1; see the docstring.
+    if aux_head:
+        raise ValueError("pixel_mlp has no auxiliary head")
+    return Segmentor(
+        backbone=PixelMLP(widths=tuple(widths), dtype=dtype),
+        neck=None,
+        head=FCNHead(num_classes, num_convs=0, dropout=0.0, in_key="s1", dtype=dtype),
+    )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "fcn32s_vgg16": fcn_vgg_builder(32),
+    "fcn16s_vgg16": fcn_vgg_builder(16),
+    "fcn8s_vgg16": fcn_vgg_builder(8),
+    "fcn8s_tiny": fcn_vgg_builder(8, VGG_TINY_STAGES, fc_channels=32),
+    "fcn_resnet50": fcn_resnet_builder(ResNet50),
+    "fcn_resnet101": fcn_resnet_builder(ResNet101),
+    "fcn_resnet_tiny": fcn_resnet_builder(ResNetMicro),
+    "pixel_mlp": pixel_mlp,
+}

@@ -18,11 +18,14 @@ Odd sizes: zero-padded at the bottom and right to a multiple of 32, cropped back
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.backbones.resnet import ResNet
+from segjax.models.backbones.resnet import ResNet, ResNet18, ResNetMicro
+from segjax.models.builder_parts import check_fixed_stride
 from segjax.models.layers import ConvBNReLU, batch_norm, classifier_conv
 from segjax.models.unet import _aux_logits, pad_to_multiple
 
@@ -123,3 +126,33 @@ class LinkNet(nn.Module):
             aux = _aux_logits(feats["s16"], self.num_classes, self.dtype, train, d.shape[1:3])
             outputs["aux_logits"] = aux[:, :h, :w]
         return outputs
+
+
+def linknet_builder(encoder_cls: Callable[..., ResNet]) -> Callable[..., LinkNet]:
+    """A LinkNet builder on the given ResNet encoder."""
+
+    def builder(
+        *,
+        num_classes: int,
+        dtype: jnp.dtype = jnp.float32,
+        output_stride: int | None = None,
+        aux_head: bool = False,
+    ) -> LinkNet:
+        """LinkNet on a ResNet encoder; see ``segjax.models.linknet``.
+
+        Args:
+            num_classes: output classes.
+            dtype: compute dtype; params are float32.
+            output_stride: None or 32 (the decoder undoes the encoder's five strides).
+            aux_head: add an FCN auxiliary head on the encoder's ``"s16"``.
+        """
+        check_fixed_stride("LinkNet", output_stride, 32)
+        return LinkNet(num_classes, encoder_cls(dtype=dtype), aux_head=aux_head, dtype=dtype)
+
+    return builder
+
+
+MODELS: dict[str, Callable[..., LinkNet]] = {
+    "linknet_resnet18": linknet_builder(ResNet18),
+    "linknet_tiny": linknet_builder(ResNetMicro),
+}

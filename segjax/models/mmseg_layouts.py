@@ -23,6 +23,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 
 from segjax.models.backbones.resnet import ResNet50, ResNet101
+from segjax.models.builder_parts import aux_fcn_head
 from segjax.models.heads.deeplab import DeepLabV3PlusHead
 from segjax.models.heads.fcn import FCNHead
 from segjax.models.heads.fpn import FPNSemanticHead
@@ -41,7 +42,7 @@ def _check_stride(name: str, output_stride: int | None, allowed: tuple[int, ...]
 
 def _aux(num_classes: int, dtype) -> FCNHead:
     # mmseg's auxiliary_head: FCNHead(in_channels=1024, channels=256, num_convs=1) on stage 3.
-    return FCNHead(num_classes, channels=256, in_key="s16", dtype=dtype)
+    return aux_fcn_head(1024, num_classes, dtype)
 
 
 def fcn_r_d8(depth_cls) -> Callable[..., Segmentor]:
@@ -185,7 +186,7 @@ def unet_s5_d16(
     )
 
 
-MMSEG_MODELS: dict[str, Callable[..., object]] = {
+MODELS: dict[str, Callable[..., object]] = {
     "mmseg_fcn_r50_d8": fcn_r_d8(ResNet50),
     "mmseg_fcn_r101_d8": fcn_r_d8(ResNet101),
     "mmseg_deeplabv3plus_r50_d8": deeplabv3plus_r_d8(ResNet50),

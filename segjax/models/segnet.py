@@ -25,13 +25,20 @@ windows they hold the same information, and they keep every shape static.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.backbones.vgg import FEATURE_KEYS, VGG16_STAGES, VGGConv, VGGFullyConv
+from segjax.models.backbones.vgg import (
+    FEATURE_KEYS,
+    VGG16_STAGES,
+    VGG_TINY_STAGES,
+    VGGConv,
+    VGGFullyConv,
+)
+from segjax.models.builder_parts import aux_fcn_head, check_fixed_stride
 from segjax.models.layers import classifier_conv, resize_bilinear
 
 Array = jax.Array
@@ -220,3 +227,46 @@ def _outputs(logits, aux_head, features, size, train) -> dict[str, Array]:
             aux_head(features, train=train).astype(jnp.float32), size
         )
     return outputs
+
+
+def unpooling_builder(
+    model_cls: type[SegNet] | type[DeconvNet],
+    stages: Sequence[Sequence[int]] = VGG16_STAGES,
+    **model_kwargs,
+) -> Callable[..., SegNet | DeconvNet]:
+    """A SegNet or DeconvNet builder (VGG-16-BN encoder, pooling-index decoder)."""
+
+    def builder(
+        *,
+        num_classes: int,
+        dtype: jnp.dtype = jnp.float32,
+        output_stride: int | None = None,
+        aux_head: bool = False,
+    ) -> SegNet | DeconvNet:
+        """SegNet / DeconvNet; logits come back at input resolution through unpooling.
+
+        Args:
+            num_classes: output classes.
+            dtype: compute dtype; params are float32.
+            output_stride: None or 32 (five 2x2 pools, undone by five unpoolings).
+            aux_head: add an FCN auxiliary head on the encoder's pool4 (``"s16"``).
+        """
+        check_fixed_stride(model_cls.__name__, output_stride, 32)
+        aux = aux_fcn_head(stages[3][-1], num_classes, dtype) if aux_head else None
+        return model_cls(
+            num_classes,
+            stages=tuple(map(tuple, stages)),
+            aux_head=aux,
+            dtype=dtype,
+            **model_kwargs,
+        )
+
+    return builder
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "segnet_vgg16": unpooling_builder(SegNet),
+    "segnet_tiny": unpooling_builder(SegNet, VGG_TINY_STAGES),
+    "deconvnet_vgg16": unpooling_builder(DeconvNet),
+    "deconvnet_tiny": unpooling_builder(DeconvNet, VGG_TINY_STAGES, fc_channels=32),
+}

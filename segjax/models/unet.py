@@ -19,10 +19,13 @@ normalised image, so the padding looks like a flat, average border.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.models.builder_parts import check_fixed_stride
 from segjax.models.heads.fcn import FCNHead
 from segjax.models.layers import ConvBNReLU, classifier_conv, max_pool, resize_bilinear
 
@@ -252,3 +255,77 @@ class UNetPlusPlus(nn.Module):
             aux = _aux_logits(nodes[self.depth][0], self.num_classes, self.dtype, train, size)
             outputs["aux_logits"] = aux[:, :h, :w]
         return outputs
+
+
+def unet_builder(default_base_width: int, default_depth: int) -> Callable[..., UNet]:
+    """A U-Net builder with the given default width and depth."""
+
+    def builder(
+        *,
+        num_classes: int,
+        dtype: jnp.dtype = jnp.float32,
+        output_stride: int | None = None,
+        aux_head: bool = False,
+        base_width: int = default_base_width,
+        depth: int = default_depth,
+    ) -> UNet:
+        """U-Net (same padding, BN, transposed-conv up); see ``segjax.models.unet``.
+
+        Args:
+            num_classes: output classes.
+            dtype: compute dtype; params are float32.
+            output_stride: must be None: the decoder returns to full resolution.
+            aux_head: add an FCN auxiliary head on the bottleneck (``"aux_logits"``).
+            base_width: channels of the first level (64 in the paper).
+            depth: number of down / up stages (4 in the paper).
+        """
+        check_fixed_stride("U-Net", output_stride, 1)
+        return UNet(num_classes, base_width, depth, aux_head=aux_head, dtype=dtype)
+
+    return builder
+
+
+def unetpp_builder(default_base_width: int, default_depth: int) -> Callable[..., UNetPlusPlus]:
+    """A UNet++ builder with the given default width and depth."""
+
+    def builder(
+        *,
+        num_classes: int,
+        dtype: jnp.dtype = jnp.float32,
+        output_stride: int | None = None,
+        aux_head: bool = False,
+        base_width: int = default_base_width,
+        depth: int = default_depth,
+        deep_supervision: bool = False,
+    ) -> UNetPlusPlus:
+        """UNet++ (nested dense skips); see ``segjax.models.unet``.
+
+        Args:
+            num_classes: output classes.
+            dtype: compute dtype; params are float32.
+            output_stride: must be None: the decoder returns to full resolution.
+            aux_head: add an FCN auxiliary head on the bottleneck (``"aux_logits"``).
+            base_width: channels of level 0 (32 in the paper).
+            depth: number of down stages (4 in the paper).
+            deep_supervision: also return ``"deep_supervision"``: logits of the shallower
+                nested outputs, added to the loss by ``segmentation_loss``.
+        """
+        check_fixed_stride("UNet++", output_stride, 1)
+        return UNetPlusPlus(
+            num_classes,
+            base_width,
+            depth,
+            deep_supervision=deep_supervision,
+            aux_head=aux_head,
+            dtype=dtype,
+        )
+
+    return builder
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "unet": unet_builder(64, 4),
+    "unet_tiny": unet_builder(4, 3),
+    "unetpp": unetpp_builder(32, 4),
+    "unetpp_tiny": unetpp_builder(4, 3),
+}

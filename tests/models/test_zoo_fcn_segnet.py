@@ -24,7 +24,7 @@ from segjax.models.fcn import FCN
 from segjax.models.heads.parsenet import L2NormScale
 from segjax.models.segnet import max_pool_with_argmax, max_unpool
 from segjax.models.upsampling import bilinear_kernel, conv_transpose_upsample
-from segjax.train_lib import init_state, make_train_step
+from segjax.tasks.semantic import init_state, make_train_step
 
 
 def _scatter_conv_transpose(x: np.ndarray, w: np.ndarray, f: int, size) -> np.ndarray:

@@ -234,3 +234,8 @@ ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottl
 ResNetTiny = functools.partial(
     ResNet, stage_sizes=(1, 1, 1, 1), block_cls=BasicBlock, base_width=16, stem_width=16
 )
+# Tests and the tiny registered models (PSPNet, FPN, LinkNet, FCN, DeepLab v2, ...): one
+# BasicBlock per stage, widths 8/16/32/64 (about 80k parameters).
+ResNetMicro = functools.partial(
+    ResNet, stage_sizes=(1, 1, 1, 1), block_cls=BasicBlock, base_width=8, stem_width=8
+)

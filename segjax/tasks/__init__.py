@@ -1,0 +1,37 @@
+"""Tasks of the shared train/eval loop, by `config.task` name.
+
+A task is a frozen `segjax.tasks.base.Task` built from a config by its module's
+`build(config, mesh)`: semantic segmentation (`semantic`, the default) and multi-label
+image classification (`classification`). Adding one is one module plus one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import ml_collections
+
+from segjax.tasks import classification, semantic
+from segjax.tasks.base import Task
+
+TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None], Task]] = {
+    "semantic": semantic.build,
+    "classification": classification.build,
+}
+
+
+def task_name(config: ml_collections.ConfigDict) -> str:
+    """`config.task` (`"semantic"` for configs written before tasks existed)."""
+    return config.get("task", "semantic")
+
+
+def build_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Task:
+    """The task named by `config.task`; an unknown name lists the known ones."""
+    name = task_name(config)
+    if name not in TASKS:
+        raise ValueError(f"config.task={name!r} is not a task; known tasks: {sorted(TASKS)}")
+    return TASKS[name](config, mesh)
+
+
+__all__ = ["TASKS", "Task", "build_task", "task_name"]
