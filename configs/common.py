@@ -90,6 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.output_stride = 16
     c.model.aux_head = False
     c.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
+    # A file converted from PyTorch weights (`python -m segjax.weights convert`), applied to
+    # the fresh parameters before the first step; "" = none. pretrained_scope "backbone":
+    # the file's backbone (parameters and BatchNorm statistics), the rest initialised;
+    # "all": the whole model (a classifier of another class count is re-initialised).
+    c.model.pretrained = ""
+    c.model.pretrained_scope = "backbone"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "cross_entropy"  # or a weighted sum: "cross_entropy:1.0+dice:0.5"

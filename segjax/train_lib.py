@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from segjax import evaluation, sharding, tasks
+from segjax import evaluation, sharding, tasks, weights
 from segjax.checkpoint import Checkpointer
 from segjax.data import pipeline
 from segjax.files import atomic_write
@@ -118,6 +118,36 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
             donate_argnums=(0,),
         ),
         evaluator=evaluation.Evaluator(task, config, mesh, state_sharding),
+    )
+
+
+def _match_pretrained(config: ml_collections.ConfigDict, run: Run) -> dict | None:
+    """The tensors `config.model.pretrained` replaces (checked), or None without a file."""
+    path = config.model.get("pretrained", "")
+    if not path:
+        return None
+    scope = config.model.get("pretrained_scope", "backbone")
+    replacements = weights.match_pretrained(
+        os.path.expanduser(path), base.variables(run.abstract_state), scope=scope
+    )
+    count = sum(len(r) for r in replacements.values())
+    logging.info("Pretrained %s (scope %s): %d tensors from the file", path, scope, count)
+    return replacements
+
+
+def _apply_pretrained(run: Run, state: TrainState, replacements: dict) -> TrainState:
+    """`state` with the pretrained tensors in, and the optimizer state of the new params."""
+
+    def apply(state: TrainState, replacements: dict) -> TrainState:
+        merged = weights.merge_pretrained(base.variables(state), replacements)
+        return state.replace(
+            params=merged["params"],
+            batch_stats=merged["batch_stats"],
+            opt_state=run.task.tx.init(merged["params"]),
+        )
+
+    return jax.jit(apply, out_shardings=run.state_sharding, donate_argnums=(0,))(
+        state, replacements
     )
 
 
@@ -230,13 +260,15 @@ def train_and_evaluate(
         # Compiled programs are stored there and reused by later runs of the same shapes.
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
     mesh = mesh or sharding.make_mesh()
+    run = setup(config, mesh)
+    # A pretrained file is read and checked against the model before the workdir is touched.
+    pretrained = _match_pretrained(config, run)
     os.makedirs(workdir, exist_ok=True)
     check_workdir_config(workdir, config, allow_change=allow_config_change)
     if jax.process_index() == 0:
         atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
     total_steps = config.train.steps
-    run = setup(config, mesh)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"),
@@ -255,6 +287,8 @@ def train_and_evaluate(
     latest = ckpt.latest_step()
     if latest is None:
         state = run.new_state(init_rng)
+        if pretrained is not None:
+            state = _apply_pretrained(run, state, pretrained)
         logging.info("Starting a new run in %s", workdir)
     else:
         state = ckpt.restore(latest, run.abstract_state, data_iterator=data_iter)

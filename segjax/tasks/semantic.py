@@ -35,9 +35,13 @@ from segjax.tasks import base
 _INT32_MAX = 2**31 - 1
 
 
+# config.model keys that are not the builder's arguments (pretrained: the loop applies it).
+NOT_BUILDER_KEYS = ("name", "dtype", "pretrained", "pretrained_scope")
+
+
 def build_model(config: ml_collections.ConfigDict):
     """The segmentor named by `config.model.name`, its other keys passed as arguments."""
-    kwargs = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
+    kwargs = {k: v for k, v in config.model.items() if k not in NOT_BUILDER_KEYS}
     return build_registered_model(
         config.model.name,
         num_classes=config.dataset.num_classes,

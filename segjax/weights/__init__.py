@@ -10,6 +10,8 @@ from segjax.weights.pretrained import (
     PretrainedError,
     convert_file,
     load_pretrained,
+    match_pretrained,
+    merge_pretrained,
     read_pretrained,
     save_pretrained,
 )
@@ -24,6 +26,8 @@ __all__ = [
     "convert_file",
     "get_conversion",
     "load_pretrained",
+    "match_pretrained",
+    "merge_pretrained",
     "read_pretrained",
     "read_tensors",
     "save_pretrained",

@@ -150,25 +150,27 @@ def _flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
     return flax.traverse_util.flatten_dict(dict(tree)) if tree else {}
 
 
-def load_pretrained(
+def match_pretrained(
     path: str | os.PathLike,
     variables: Mapping[str, Any],
     *,
     scope: str = "backbone",
     logger: logging.Logger | None = None,
-) -> dict[str, Any]:
-    """Applies a converted file to a model's freshly initialised variables.
+) -> dict[str, dict[tuple[str, ...], np.ndarray]]:
+    """Checks a converted file against a model's variables: the tensors it will replace.
 
     Args:
         path: a file written by ``convert_file`` / ``python -m segjax.weights convert``.
-        variables: the model's variables ``{"params": ..., "batch_stats": ...}`` (arrays).
-        scope: ``"backbone"``: the file's ``backbone`` subtree replaces the model's, the
-            rest keeps its initialisation; ``"all"``: every tensor of the model comes from
-            the file, except a classifier whose class count differs (re-initialised, logged).
+        variables: the model's variables ``{"params": ..., "batch_stats": ...}``; only
+            structure, shapes and dtypes are read (``jax.ShapeDtypeStruct`` leaves will do).
+        scope: ``"backbone"``: the file's ``backbone`` subtree replaces the model's
+            (SegNet, DeconvNet and LinkNet: their ``encoder``), the rest keeps its
+            initialisation; ``"all"``: every tensor of the model comes from the file, except
+            a classifier whose class count differs (it keeps its initialisation; logged).
         logger: where the re-initialisations are logged (default: this module's logger).
 
     Returns:
-        A new variables dict (the same structure, shapes and dtypes as ``variables``).
+        ``{collection: {path tuple: numpy array (the model's dtype)}}``: what to replace.
 
     Raises:
         WeightFileError: the file is unreadable.
@@ -181,10 +183,10 @@ def load_pretrained(
         raise PretrainedError(f"pretrained_scope must be one of {SCOPES}, got {scope!r}")
     path = os.fspath(path)
     loaded, meta = read_pretrained(path)
-    out = {k: dict(v) for k, v in variables.items()}
     file_classes = json.loads(meta.get("model_kwargs") or "{}").get("num_classes")
     params = variables.get("params", {})
     backbone_key = next((k for k in BACKBONE_KEYS if k in params), None)
+    replacements: dict[str, dict[tuple[str, ...], np.ndarray]] = {}
     for collection in ("params", "batch_stats"):
         model_tree = dict(variables.get(collection, {}))
         file_tree = dict(loaded.get(collection, {}))
@@ -202,56 +204,90 @@ def load_pretrained(
             model_tree = {backbone_key: model_tree.get(backbone_key, {})}
             file_tree = {backbone_key: file_tree.get("backbone", {})}
         model_flat, file_flat = _flat(model_tree), _flat(file_tree)
-        missing = sorted(set(model_flat) - set(file_flat))
-        unexpected = sorted(set(file_flat) - set(model_flat))
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(
-                    "missing from the file: "
-                    + ", ".join(
-                        f"{collection}/{'/'.join(k)} {tuple(model_flat[k].shape)}"
-                        for k in missing[:8]
-                    )
-                )
-            if unexpected:
-                parts.append(
-                    "not in the model: "
-                    + ", ".join(
-                        f"{collection}/{'/'.join(k)} {tuple(np.shape(file_flat[k]))}"
-                        for k in unexpected[:8]
-                    )
-                )
-            raise PretrainedError(
-                f"{path} ({meta.get('source', '?')} {meta.get('name', '?')}) does not fit the "
-                f"model: " + "; ".join(parts)
-            )
-        merged = dict(model_flat)
-        reinitialised = []
+        _check_names(path, meta, collection, model_flat, file_flat)
+        replacements[collection] = {}
         for key, target in model_flat.items():
             value = np.asarray(file_flat[key])
+            name = f"{collection}/{'/'.join(key)}"
             if value.shape != tuple(target.shape):
                 if scope == "all" and _is_class_dim_change(
                     key, value.shape, target.shape, file_classes
                 ):
-                    reinitialised.append(
-                        f"{collection}/{'/'.join(key)} {value.shape} -> {tuple(target.shape)}"
+                    logger.warning(
+                        "pretrained %s: the class count differs; %s %s -> %s keeps its "
+                        "fresh initialisation",
+                        path,
+                        name,
+                        value.shape,
+                        tuple(target.shape),
                     )
                     continue
                 raise PretrainedError(
-                    f"{path}: tensor {collection}/{'/'.join(key)} has shape {value.shape} in "
-                    f"the file, the model expects {tuple(target.shape)}"
+                    f"{path}: tensor {name} has shape {value.shape} in the file, the model "
+                    f"expects {tuple(target.shape)}"
                 )
-            merged[key] = jax.numpy.asarray(value, dtype=target.dtype)
-        for line in reinitialised:
-            logger.warning(
-                "pretrained %s: the class count differs; %s keeps its fresh initialisation",
-                path,
-                line,
+            replacements[collection][key] = value.astype(target.dtype)
+    return replacements
+
+
+def _check_names(path: str, meta: Mapping, collection: str, model_flat, file_flat) -> None:
+    """A ``PretrainedError`` listing the tensors missing from the file or not in the model."""
+    missing = sorted(set(model_flat) - set(file_flat))
+    unexpected = sorted(set(file_flat) - set(model_flat))
+    if not (missing or unexpected):
+        return
+    parts = []
+    for what, keys, tree in (
+        ("missing from the file", missing, model_flat),
+        ("not in the model", unexpected, file_flat),
+    ):
+        if keys:
+            listed = ", ".join(
+                f"{collection}/{'/'.join(k)} {tuple(np.shape(tree[k]))}" for k in keys[:8]
             )
-        tree = flax.traverse_util.unflatten_dict(merged) if merged else {}
-        out[collection] = {**out.get(collection, {}), **tree}
+            more = f" (and {len(keys) - 8} more)" if len(keys) > 8 else ""
+            parts.append(f"{what}: {listed}{more}")
+    raise PretrainedError(
+        f"{path} ({meta.get('source', '?')} {meta.get('name', '?')}) does not fit the model: "
+        + "; ".join(parts)
+    )
+
+
+def merge_pretrained(
+    variables: Mapping[str, Any], replacements: Mapping[str, Mapping[tuple[str, ...], Any]]
+) -> dict[str, Any]:
+    """``variables`` with the leaves of ``replacements`` (``match_pretrained``) swapped in.
+
+    Traceable: under ``jit`` the replacements may be arrays of any placement.
+    """
+    out = {}
+    for collection, tree in variables.items():
+        flat = _flat(tree)
+        flat.update(replacements.get(collection, {}))
+        out[collection] = flax.traverse_util.unflatten_dict(flat) if flat else {}
     return out
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    variables: Mapping[str, Any],
+    *,
+    scope: str = "backbone",
+    logger: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Applies a converted file to a model's freshly initialised variables.
+
+    ``merge_pretrained(variables, match_pretrained(path, variables, ...))`` with the
+    replaced leaves as jax arrays; see ``match_pretrained`` for the arguments and errors.
+
+    Example:
+        >>> model = build_model("deeplabv3plus_resnet50", num_classes=21)  # doctest: +SKIP
+        >>> variables = model.init(key, jnp.zeros((1, 65, 65, 3)), train=False)
+        >>> variables = load_pretrained("r50.msgpack", variables, scope="backbone")
+    """
+    replacements = match_pretrained(path, variables, scope=scope, logger=logger)
+    as_jax = {c: {k: jax.numpy.asarray(v) for k, v in r.items()} for c, r in replacements.items()}
+    return merge_pretrained(variables, as_jax)
 
 
 def _is_class_dim_change(
