@@ -51,6 +51,9 @@ RESUMABLE_CHANGES = (
     "input.prefetch",
     "dataset.data_dir",
     "eval.",  # a prefix: how evaluation runs does not change what training computes
+    # Applied to a new run's fresh state only; a resumed run has its weights in the checkpoint.
+    "model.pretrained",
+    "model.pretrained_scope",
 )
 
 # Keys added after runs were first saved, with the value that reproduces those runs: a
@@ -293,6 +296,8 @@ def train_and_evaluate(
     else:
         state = ckpt.restore(latest, run.abstract_state, data_iterator=data_iter)
         logging.info("Resumed %s from step %d", workdir, latest)
+        if pretrained is not None:
+            logging.info("model.pretrained is not applied: the checkpoint has the weights")
     step = int(jax.device_get(state.step))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
