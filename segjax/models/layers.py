@@ -304,11 +304,16 @@ def conv2d(
     cin = x.shape[-1]
     matrix_wgrad = k == 1 or (
         cin >= WGRAD_MIN_CHANNELS
-        and (cin >= WGRAD_ANY_SIZE_CHANNELS or x.size * x.dtype.itemsize <= WGRAD_MAX_INPUT_BYTES)
+        and (cin >= WGRAD_ANY_SIZE_CHANNELS or _at_most_bytes(x, WGRAD_MAX_INPUT_BYTES))
     )
     if groups == 1 and (on_cpu or method == "taps") and matrix_wgrad:
         return _conv_dot_wgrad(x, kernel, strides, dilation, method)
     return _conv_forward(x, kernel, strides, dilation, groups, method)
+
+
+def _at_most_bytes(x: Array, limit: int) -> bool:
+    # False for a symbolic (jax.export shape-polymorphic) batch: its size is not known.
+    return jax.core.is_constant_shape(x.shape) and x.size * x.dtype.itemsize <= limit
 
 
 class Conv2D(nn.Module):
