@@ -45,8 +45,43 @@ def _aux(num_classes: int, dtype) -> FCNHead:
     return aux_fcn_head(1024, num_classes, dtype)
 
 
-def fcn_r_d8(depth_cls) -> Callable[..., Segmentor]:
-    """``fcn_r{50,101}-d8``: FCNHead(2048, 512, num_convs=2, concat_input=True)."""
+def _fcn_parts(num_classes: int, stride: int, dropout: float, dtype):
+    # fcn_r*-d8: FCNHead(2048, 512, num_convs=2, concat_input=True) on stage 4.
+    head = FCNHead(
+        num_classes,
+        channels=512,
+        num_convs=2,
+        concat_input=True,
+        dropout=dropout,
+        in_key="s32",
+        dtype=dtype,
+    )
+    return None, head
+
+
+def _deeplabv3plus_parts(num_classes: int, stride: int, dropout: float, dtype):
+    # deeplabv3plus_r*-d8: DepthwiseSeparableASPPHead(2048, 512), a 3x3 bottleneck.
+    neck = ASPP(
+        rates=(12, 24, 36) if stride == 8 else (6, 12, 18),
+        channels=512,
+        dropout=0.0,
+        separable=True,
+        project_kernel_size=3,
+        dtype=dtype,
+    )
+    head = DeepLabV3PlusHead(
+        num_classes,
+        low_level_channels=48,
+        channels=512,
+        separable=True,
+        dropout=dropout,
+        dtype=dtype,
+    )
+    return neck, head
+
+
+def resnet_d8(depth_cls, parts, title: str) -> Callable[..., Segmentor]:
+    """An mmsegmentation ``*_r{50,101}-d8`` builder: ``parts`` gives its neck and head."""
 
     def builder(
         *,
@@ -56,70 +91,18 @@ def fcn_r_d8(depth_cls) -> Callable[..., Segmentor]:
         aux_head: bool = False,
         dropout: float = 0.1,
     ) -> Segmentor:
-        """mmsegmentation's FCN on a dilated ResNet v1c.
+        """mmsegmentation's layout on a dilated ResNet v1c (see the module docstring).
 
         Args:
             num_classes: output classes.
             dtype: compute dtype; params are float32.
             output_stride: 8 (None; mmseg's ``-d8``) or 16.
             aux_head: the auxiliary FCN head on stage 3 (``"aux_logits"``).
-            dropout: before the classifiers.
+            dropout: before the classifier.
         """
-        stride = _check_stride("mmseg FCN", output_stride, (8, 16))
+        stride = _check_stride(title, output_stride, (8, 16))
         backbone = depth_cls(output_stride=stride, deep_stem=True, dtype=dtype)
-        head = FCNHead(
-            num_classes,
-            channels=512,
-            num_convs=2,
-            concat_input=True,
-            dropout=dropout,
-            in_key="s32",
-            dtype=dtype,
-        )
-        aux = _aux(num_classes, dtype) if aux_head else None
-        return Segmentor(backbone=backbone, neck=None, head=head, aux_head=aux)
-
-    return builder
-
-
-def deeplabv3plus_r_d8(depth_cls) -> Callable[..., Segmentor]:
-    """``deeplabv3plus_r{50,101}-d8``: DepthwiseSeparableASPPHead(2048, 512)."""
-
-    def builder(
-        *,
-        num_classes: int,
-        dtype: jnp.dtype = jnp.float32,
-        output_stride: int | None = None,
-        aux_head: bool = False,
-        dropout: float = 0.1,
-    ) -> Segmentor:
-        """mmsegmentation's DeepLabv3+: separable ASPP rates 12/24/36, 3x3 bottleneck.
-
-        Args:
-            num_classes: output classes.
-            dtype: compute dtype; params are float32.
-            output_stride: 8 (None; mmseg's ``-d8``, rates 12/24/36) or 16 (6/12/18).
-            aux_head: the auxiliary FCN head on stage 3 (``"aux_logits"``).
-            dropout: before the classifier (mmseg has none after the ASPP).
-        """
-        stride = _check_stride("mmseg DeepLabv3+", output_stride, (8, 16))
-        backbone = depth_cls(output_stride=stride, deep_stem=True, dtype=dtype)
-        neck = ASPP(
-            rates=(12, 24, 36) if stride == 8 else (6, 12, 18),
-            channels=512,
-            dropout=0.0,
-            separable=True,
-            project_kernel_size=3,
-            dtype=dtype,
-        )
-        head = DeepLabV3PlusHead(
-            num_classes,
-            low_level_channels=48,
-            channels=512,
-            separable=True,
-            dropout=dropout,
-            dtype=dtype,
-        )
+        neck, head = parts(num_classes, stride, dropout, dtype)
         aux = _aux(num_classes, dtype) if aux_head else None
         return Segmentor(backbone=backbone, neck=neck, head=head, aux_head=aux)
 
@@ -187,10 +170,10 @@ def unet_s5_d16(
 
 
 MODELS: dict[str, Callable[..., object]] = {
-    "mmseg_fcn_r50_d8": fcn_r_d8(ResNet50),
-    "mmseg_fcn_r101_d8": fcn_r_d8(ResNet101),
-    "mmseg_deeplabv3plus_r50_d8": deeplabv3plus_r_d8(ResNet50),
-    "mmseg_deeplabv3plus_r101_d8": deeplabv3plus_r_d8(ResNet101),
+    "mmseg_fcn_r50_d8": resnet_d8(ResNet50, _fcn_parts, "mmseg FCN"),
+    "mmseg_fcn_r101_d8": resnet_d8(ResNet101, _fcn_parts, "mmseg FCN"),
+    "mmseg_deeplabv3plus_r50_d8": resnet_d8(ResNet50, _deeplabv3plus_parts, "mmseg DeepLabv3+"),
+    "mmseg_deeplabv3plus_r101_d8": resnet_d8(ResNet101, _deeplabv3plus_parts, "mmseg DeepLabv3+"),
     "mmseg_fpn_r50": fpn_r50,
     "mmseg_unet_s5_d16": unet_s5_d16,
     # Tests: the same trunk at 8 channels.

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import os
 import pickle
@@ -227,7 +228,7 @@ def _load_zip(path: str) -> Any:
         if not pickles:
             raise WeightFileError(f"{path}: a zip file without data.pkl: not a torch checkpoint")
         root = pickles[0][: -len("data.pkl")]
-        try:
+        with _corruption_named(path):
             obj = _TensorUnpickler(io.BytesIO(archive.read(pickles[0])), path).load()
             byteorder = "little"
             if f"{root}byteorder" in names:
@@ -244,45 +245,45 @@ def _load_zip(path: str) -> Any:
                 storages[key] = _as_array(
                     archive.read(name), storage.dtype, path, key, storage.numel
                 )
-        except WeightFileError:
-            raise
-        except Exception as e:  # a corrupted pickle raises almost any exception type
-            raise WeightFileError(
-                f"{path}: corrupted torch checkpoint ({type(e).__name__}: {e})"
-            ) from None
     return _materialise(obj, storages, path)
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
+@contextlib.contextmanager
+def _corruption_named(path: str):
+    """Any error of a corrupted file (a pickle raises almost any type) as a ``WeightFileError``."""
+    try:
+        yield
+    except WeightFileError:
+        raise
+    except Exception as e:
+        raise WeightFileError(
+            f"{path}: corrupted torch checkpoint ({type(e).__name__}: {e})"
+        ) from None
+
+
 def _load_legacy(path: str) -> Any:
     # torch < 1.6: pickles of (magic, protocol, sys_info, object, storage keys), then per
     # storage key an int64 element count and the raw bytes.
-    with open(path, "rb") as f:
-        try:
-            if _TensorUnpickler(f, path).load() != _LEGACY_MAGIC:
-                raise WeightFileError(f"{path}: not a torch checkpoint (bad magic number)")
-            _TensorUnpickler(f, path).load()  # protocol version
-            _TensorUnpickler(f, path).load()  # sys info
-            obj = _TensorUnpickler(f, path).load()
-            keys = _TensorUnpickler(f, path).load()
-            refs: dict[str, _Storage] = {}
-            _collect_storages(obj, refs)
-            storages = {}
-            for key in keys:
-                (numel,) = struct.unpack("<q", f.read(8))
-                storage = refs.get(str(key))
-                if storage is None:  # a storage no tensor of the object uses
-                    raise WeightFileError(f"{path}: storage {key} belongs to no tensor")
-                raw = f.read(numel * _itemsize(storage.dtype))
-                storages[str(key)] = _as_array(raw, storage.dtype, path, str(key), numel)
-        except WeightFileError:
-            raise
-        except Exception as e:  # a corrupted pickle raises almost any exception type
-            raise WeightFileError(
-                f"{path}: corrupted torch checkpoint ({type(e).__name__}: {e})"
-            ) from None
+    with open(path, "rb") as f, _corruption_named(path):
+        if _TensorUnpickler(f, path).load() != _LEGACY_MAGIC:
+            raise WeightFileError(f"{path}: not a torch checkpoint (bad magic number)")
+        _TensorUnpickler(f, path).load()  # protocol version
+        _TensorUnpickler(f, path).load()  # sys info
+        obj = _TensorUnpickler(f, path).load()
+        keys = _TensorUnpickler(f, path).load()
+        refs: dict[str, _Storage] = {}
+        _collect_storages(obj, refs)
+        storages = {}
+        for key in keys:
+            (numel,) = struct.unpack("<q", f.read(8))
+            storage = refs.get(str(key))
+            if storage is None:  # a storage no tensor of the object uses
+                raise WeightFileError(f"{path}: storage {key} belongs to no tensor")
+            raw = f.read(numel * _itemsize(storage.dtype))
+            storages[str(key)] = _as_array(raw, storage.dtype, path, str(key), numel)
     missing = set(refs) - set(storages)
     if missing:
         raise WeightFileError(f"{path}: storages {sorted(missing)} are missing (truncated file?)")

@@ -195,26 +195,22 @@ _TORCHVISION_RESNETS = {
     "resnet101": ResNet101,
     "resnet152": ResNet152,
 }
-for _name, _cls in _TORCHVISION_RESNETS.items():
-    _add(
-        Conversion(
-            "torchvision",
-            _name,
-            Layout(RESNET_RULES, ignore=(r"fc\..*",)),
-            backbone=_cls,
-            description=f"torchvision {_name} (ImageNet classifier) -> segjax ResNet backbone",
-        )
-    )
+_RESNET_SOURCES = {
+    "torchvision": "(ImageNet classifier) -> segjax ResNet backbone",
     # timm's resnet* (a1/a2/a3, tv, gluon weights) share torchvision's names.
-    _add(
-        Conversion(
-            "timm",
-            _name,
-            Layout(RESNET_RULES, ignore=(r"fc\..*",)),
-            backbone=_cls,
-            description=f"timm {_name} (any of its weights: a1, tv, gluon, ...) -> segjax ResNet",
+    "timm": "(any of its weights: a1, tv, gluon, ...) -> segjax ResNet backbone",
+}
+for _name, _cls in _TORCHVISION_RESNETS.items():
+    for _source, _what in _RESNET_SOURCES.items():
+        _add(
+            Conversion(
+                _source,
+                _name,
+                Layout(RESNET_RULES, ignore=(r"fc\..*",)),
+                backbone=_cls,
+                description=f"{_source} {_name} {_what}",
+            )
         )
-    )
     # timm's resnet*c: the deep (v1c) stem, stem width 64 (32, 32, 64).
     if _name in ("resnet50", "resnet101", "resnet152"):
         _add(
