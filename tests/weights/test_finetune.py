@@ -43,7 +43,9 @@ def test_backbone_from_a_file_the_rest_initialised(tiny_config, tmp_path, caplog
     save_pretrained(path, backbone, {**META, "model_kwargs": "{}"})
 
     config, workdir = _frozen(tiny_config, str(tmp_path / "tuned"), pretrained=path)
-    with caplog.at_level(logging.INFO):
+    # The absl logger's own level: absl's flag parsing (an earlier test running an entry
+    # point) sets it to WARNING, above the root level that a plain at_level would set.
+    with caplog.at_level(logging.INFO, logger="absl"):
         train_lib.train_and_evaluate(config, workdir, mesh=mesh)
     assert "tensors from the file" in caplog.text
     run = train_lib.setup(config, mesh)
