@@ -13,9 +13,11 @@ dataset needs neither TensorFlow nor the builder's code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -132,6 +134,29 @@ def not_prepared_message(name: str, config: str, data_dir: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def _preparation_lock(data_dir: str, name: str, config: str) -> Iterator[None]:
+    """Serialises preparations of one dataset config by the processes of this machine.
+
+    Two runs started together on an unprepared dataset would both prepare it, and the
+    second to finish fails renaming its copy onto the first's. With the lock the second
+    waits, then finds the data prepared. A data dir where no lock file can be written
+    (a read-only, already prepared copy) is opened without one.
+    """
+    path = os.path.join(data_dir, f".{name}-{config or 'default'}.lock")
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _open(spec: DatasetSpec, dataset_config: ml_collections.ConfigDict, data_dir: str):
     manual_dir = os.path.expanduser(dataset_config.get("manual_dir", "") or "") or None
     name, config = dataset_config.name, dataset_config.config
@@ -139,7 +164,8 @@ def _open(spec: DatasetSpec, dataset_config: ml_collections.ConfigDict, data_dir
         raise KeyError(f"Dataset {name!r} has no config {config!r}; known: {list(spec.configs)}")
     if not spec.builtin and not manual_dir and not spec.is_prepared(data_dir, config):
         raise FileNotFoundError(not_prepared_message(name, config, data_dir))
-    return spec.prepare(data_dir, config, manual_dir)
+    with _preparation_lock(data_dir, name, config):
+        return spec.prepare(data_dir, config, manual_dir)
 
 
 def prepared_builder(dataset_config: ml_collections.ConfigDict):

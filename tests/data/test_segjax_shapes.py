@@ -273,3 +273,34 @@ def test_half_prepared_dir_is_completed(tmp_path):
     _, label = ss.render_sample(np.random.default_rng([cfg.seed, 1, 1]), cfg.image_size)
     np.testing.assert_array_equal(rec["label"][..., 0], label)
     assert len(builder.as_data_source("train")) == cfg.num_train
+
+
+def test_two_runs_preparing_at_once_both_succeed(tmp_path):
+    # Two `python train.py` started together on a fresh data dir: the second used to
+    # fail renaming its copy onto the first's (FileExistsError); now it waits for the lock.
+    script = textwrap.dedent(
+        f"""
+        import ml_collections
+        from segjax.data import datasets
+        config = ml_collections.ConfigDict(dict(name="segjax_shapes", config="{CONFIG}",
+            data_dir={str(tmp_path)!r}, num_classes=6, manual_dir=""))
+        print(len(datasets.prepared_builder(config).as_data_source("train")))
+        """
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=env,
+            cwd=root,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    for run, (out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err[-2000:]
+        assert out.split()[-1] == str(_cfg().num_train)
