@@ -88,3 +88,51 @@ def test_bench_config_matches_the_torch_reference():
     assert config.loss.name == "cross_entropy" and config.dataset.ignore_index == 255
     assert config.model.aux_head is False and config.model.output_stride is None
     assert config.dataset.num_classes == 21 and config.input.crop_size == (256, 256)
+
+
+def test_gpu_comparison_dry_run_prints_its_table(tmp_path):
+    # benchmarks/gpu.py end to end on the CPU (tiny model, one step; no torch given): the
+    # script that a lent GPU runs is checked here before it meets one.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py", "--dry_run", "--torch_python", "", "--json", out],
+        cwd=root, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [r["impl"] for r in rows] == [
+        "segjax",
+        "segjax SEGJAX_BN=flax",
+        "torch AMP channels_last",
+    ]
+    for row in rows[:2]:
+        assert "error" not in row, row
+        assert row["model"] == "deeplabv3plus_tiny" and row["img_s"] > 0 and row["ms_step"] > 0
+        assert row["peak_bytes"] > 0 and row["flops_per_image"] > 0
+    assert "no torch interpreter" in rows[2]["error"]
+    assert "| segjax SEGJAX_BN=flax | deeplabv3plus_tiny |" in proc.stdout
+
+
+def test_gpu_table_ratio_is_against_the_twin_of_the_same_case():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    rows = [
+        {"case": "a", "impl": "segjax", "model": "a", "img_s": 30.0, "ms_step": 1.0},
+        {"case": "a", "impl": "torch AMP channels_last", "model": "ta", "img_s": 20.0,
+         "ms_step": 2.0, "peak_bytes": 2**31},
+        {"case": "b", "impl": "segjax", "model": "b", "img_s": 5.0, "ms_step": 3.0},
+        {"case": "b", "impl": "torch AMP channels_last", "model": "tb", "error": "failed (1)"},
+    ]  # fmt: skip
+    table = gpu.format_table(rows).splitlines()
+    assert table[2].endswith("| 1.50x |") and "| 2.00 |" in table[3]
+    assert table[4].endswith("| - |") and "failed (1)" in table[5]
