@@ -2,7 +2,7 @@
 # Downloads into .whl/ the wheels that benchmarks/gpu.sh installs on a GPU machine whose
 # Python 3.12 has jax (CUDA), flax, optax, orbax and torch but not segjax's data stack (the
 # device machines of this project: see docs/performance.md). Run here, with PyPI reachable;
-# add `.whl/` to .git/info/exclude so the wheels never get committed.
+# .whl/ is git-ignored: the wheels never get committed (name .whl in the device carry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 platforms=()
