@@ -12,10 +12,10 @@ from tests.data.test_builders import H, W, _folder_files, _jpg, _png, _write
 
 
 def _faulty_folder(tmp_path):
-    # Six images: three good, and one of each fault the audit must name without stopping.
+    # Seven images: three good, and one of each fault the audit must name without stopping.
     rng = np.random.default_rng(0)
     files = _folder_files(rng, ["good1", "good2", "good3"])
-    files["train.txt"] = b"good1\ngood2\nbad_values\nbad_size\nbad_image\n"
+    files["train.txt"] = b"good1\ngood2\nbad_values\nbad_size\nbad_image\nbad_mask\n"
     files["val.txt"] = b"good3\n"
     values = np.zeros((H, W), np.uint8)
     values[:2, :3] = 7  # 6 pixels of a class that does not exist (3 classes)
@@ -27,6 +27,8 @@ def _faulty_folder(tmp_path):
     files["masks/bad_size.png"] = _png(np.ones((H, W - 8)))
     files["images/bad_image.jpg"] = b"this is not a jpeg"
     files["masks/bad_image.png"] = _png(np.ones((H, W)))
+    files["images/bad_mask.jpg"] = _jpg(rng)
+    files["masks/bad_mask.png"] = b"\x89PNG truncated"
     return _write(files, tmp_path / "my_data"), files
 
 
@@ -34,18 +36,19 @@ def test_folder_with_planted_faults_names_each_and_counts_the_rest(tmp_path, cap
     manual, files = _faulty_folder(tmp_path)
     assert audit.main(["--dataset", "folder", "--manual_dir", manual]) == 1
     out, err = capsys.readouterr()
-    assert "3 problems found" in err
+    assert "4 problems found" in err
     assert "(not prepared)" in out
     assert "bad_values.png: values outside [0, 3) and 255: 7 (6 px), 9 (1 px)" in out
     assert f"bad_size.png: label is {H}x{W - 8} but its image" in out
     assert f"bad_size.jpg is {H}x{W}" in out
     assert "bad_image.jpg: cannot decode image" in out
+    assert "bad_mask.png: cannot decode label image" in out
     # Nothing was prepared.
     assert not (tmp_path / "my_data" / "downloads").exists()
 
     (train, val) = audit.audit_folder(manual)
-    assert (train.split, val.split, train.images, val.images) == ("train", "validation", 5, 1)
-    assert len(train.problems) == 3 and not val.problems
+    assert (train.split, val.split, train.images, val.images) == ("train", "validation", 6, 1)
+    assert len(train.problems) == 4 and not val.problems
     # The good images and the decodable faults are counted, value by value.
     names = ("masks/good1.png", "masks/good2.png", "masks/bad_values.png", "masks/bad_size.png")
     labels = [np.asarray(Image.open(io.BytesIO(files[n]))) for n in names]
