@@ -154,10 +154,14 @@ def prepared_examples(source, split: str) -> Iterable[Example]:
     def reader(i: int):
         def read():
             try:
-                sample = transforms.decode_record(source[i])
+                record = source[i]
+                sample = transforms.decode_record(record)
             except Exception as e:  # A corrupt record: name it and go on.
                 raise ValueError(f"{split} record {i}: cannot decode ({e})") from e
-            name = f"{split} record {i}"
+            record_id = record.get("id")
+            if isinstance(record_id, bytes):
+                record_id = record_id.decode()
+            name = f"{split} record {i}" + (f" (id {record_id})" if record_id is not None else "")
             return sample["image"].shape[:2], name + " label", sample["label"]
 
         return read
@@ -250,7 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--val_fraction", type=float, default=0.1, help="with --manual_dir: as prepare's"
     )
     parser.add_argument(
-        "--ignore_index", type=int, default=from_files.IGNORE_INDEX, help="the void label value"
+        "--ignore_index",
+        type=int,
+        default=from_files.IGNORE_INDEX,
+        help="the void label value of a prepared dataset (a folder's is 255)",
     )
     args = parser.parse_args(argv)
     try:
