@@ -70,7 +70,7 @@ def _with_overrides(config):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from segjax import distributed, eval_lib, logs
+    from segjax import config_check, distributed, eval_lib, logs
 
     logs.setup_logging()
 
@@ -84,6 +84,15 @@ def main(argv):
     output = _OUTPUT.value or _WORKDIR.value or os.path.dirname(checkpoint_dir.rstrip("/"))
 
     distributed.initialize()
+    try:
+        _run(config, checkpoint_dir, output)
+    except config_check.ConfigError as e:
+        raise SystemExit(f"eval.py: {e}") from None
+
+
+def _run(config, checkpoint_dir: str, output: str) -> None:
+    from segjax import eval_lib
+
     if _IMAGES.value:
         try:
             written = eval_lib.predict_files(

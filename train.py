@@ -32,14 +32,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     # Imported here so that --help does not pay for jax / tensorflow start-up.
-    from segjax import distributed, logs, train_lib
+    from segjax import config_check, distributed, logs, train_lib
 
     logs.setup_logging()
 
     distributed.initialize()
-    scores = train_lib.train_and_evaluate(
-        _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
-    )
+    try:
+        scores = train_lib.train_and_evaluate(
+            _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+        )
+    except config_check.ConfigError as e:
+        raise SystemExit(f"train.py: {e}") from None
     if scores.get("preempted"):
         return
     logging.info(

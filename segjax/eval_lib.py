@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps
 
-from segjax import evaluation, inference, sharding, train_lib, visualize
+from segjax import config_check, evaluation, inference, sharding, train_lib, visualize
 from segjax.checkpoint import Checkpointer
 from segjax.tasks import base
 
@@ -73,7 +73,11 @@ def resolve_step(ckpt: Checkpointer, which: str) -> int:
 def restore(
     config: ml_collections.ConfigDict, checkpoint_dir: str, which: str, mesh: jax.sharding.Mesh
 ) -> tuple[train_lib.Run, int, Any]:
-    """(run, step, state) of the chosen checkpoint, the state placed on `mesh`."""
+    """(run, step, state) of the chosen checkpoint, the state placed on `mesh`.
+
+    `config` is checked first (`config_check.ConfigError` lists the values not allowed).
+    """
+    config_check.check_config(config, num_devices=mesh.devices.size)
     run = train_lib.setup(config, mesh)
     ckpt = Checkpointer(checkpoint_dir, async_save=False, best_metric=run.task.best_metric)
     step = resolve_step(ckpt, which)

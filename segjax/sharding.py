@@ -21,6 +21,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+# config.train.param_sharding: the state replicated, or large arrays split (see state_shardings).
+PARAM_SHARDINGS = ("replicated", "fsdp")
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -90,8 +92,8 @@ def state_shardings(
     pieces where a computation needs them, so the step's result does not change, only
     where each array lives.
     """
-    if mode not in ("replicated", "fsdp"):
-        raise ValueError(f"config.train.param_sharding={mode!r}; expected 'replicated' or 'fsdp'")
+    if mode not in PARAM_SHARDINGS:
+        raise ValueError(f"config.train.param_sharding={mode!r}; expected one of {PARAM_SHARDINGS}")
     n = mesh.devices.size
     repl = replicated(mesh)
 

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from segjax import evaluation, sharding, tasks, weights
+from segjax import config_check, evaluation, sharding, tasks, weights
 from segjax.checkpoint import Checkpointer
 from segjax.data import pipeline
 from segjax.files import atomic_write
@@ -257,12 +257,17 @@ def train_and_evaluate(
     Returns the final validation scores (the task's `Evaluation.finalize`, e.g.
     `metrics.segmentation_scores`), their headline numbers (`task.summary`) under
     `"summary"` and the step they belong to under `"step"`.
+
+    Raises:
+      config_check.ConfigError: before anything is read or built, listing every value of
+        `config` that is not allowed.
     """
+    mesh = mesh or sharding.make_mesh()
+    config_check.check_config(config, num_devices=mesh.devices.size)
     cache_dir = config.train.get("compilation_cache_dir", "")
     if cache_dir:
         # Compiled programs are stored there and reused by later runs of the same shapes.
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
-    mesh = mesh or sharding.make_mesh()
     run = setup(config, mesh)
     # A pretrained file is read and checked against the model before the workdir is touched.
     pretrained = _match_pretrained(config, run)

@@ -132,3 +132,13 @@ def test_one_unreadable_file_is_skipped_and_named(eval_cli, workdir, tmp_path):
         "c.png",
         "d.png",
     ]
+
+
+def test_eval_names_a_bad_override_before_restoring(eval_cli, workdir, tmp_path):
+    # A sliding-window step larger than the window would leave pixels no window covers.
+    out = tmp_path / "out"
+    argv = ["--workdir", workdir, "--output", str(out), "--mode", "slide"]
+    argv += ["--crop_size", "32,32", "--stride", "48,32"]
+    with pytest.raises(SystemExit, match=r"config\.eval\.stride=\(48, 32\): expected at most"):
+        run_eval_cli(eval_cli, argv)
+    assert not out.exists()

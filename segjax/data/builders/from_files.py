@@ -283,6 +283,16 @@ def _ranges(values: Sequence[int]) -> str:
     return ", ".join(out)
 
 
+def size_mismatch(
+    label_name: str, label_shape: Sequence[int], image_name: str, image_size: Sequence[int]
+) -> str:
+    """The message for a label whose size differs from its image's."""
+    return (
+        f"{label_name}: label is {label_shape[0]}x{label_shape[1]} but its image "
+        f"{image_name} is {image_size[0]}x{image_size[1]}"
+    )
+
+
 def encode_example(
     tree: FileTree,
     pair: Pair,
@@ -300,10 +310,7 @@ def encode_example(
         else decode_label(tree.read(pair.label), label_name)
     )
     if raw.shape != (h, w):
-        raise ValueError(
-            f"{label_name}: label is {raw.shape[0]}x{raw.shape[1]} but its image "
-            f"{tree.origin(pair.image)} is {h}x{w}"
-        )
+        raise ValueError(size_mismatch(label_name, raw.shape, tree.origin(pair.image), (h, w)))
     label = map_label(raw, lut, label_name, class_names)
     ok, png = cv2.imencode(".png", label)
     assert ok

@@ -1,0 +1,371 @@
+"""Every value of a run's config checked in one place, before any work starts.
+
+`check_config(config, num_devices=...)` looks at each key of `configs/common.py`'s
+`base_config()` (and a task's own block, `config.classification`) that the config
+holds: its type, range, shape or choices, and the rules between keys (a batch that
+splits evenly over the devices, a sliding-window stride no larger than the window, an
+eval resize that fits the padded canvas, ...). It reads no data and builds no model, so
+`train_lib.train_and_evaluate` and `eval_lib` call it first; every problem is collected
+and raised together as one `ConfigError` whose lines each name the key, its value and
+what is allowed:
+
+    config.optimizer.learning_rate=-1.0: expected a finite number >= 0 (0 freezes the weights)
+    config.input.crop_size=(64,): expected (height, width), 2 integers >= 1
+
+A key the config does not hold is not checked: a config saved before the key existed
+(an old `config.json` that `eval.py` reads) runs on the key's default. Keys of
+`config.model` other than the ones below are the model builder's own arguments, checked
+by the builder.
+
+Conventions the rules settle:
+- `optimizer.learning_rate = 0` is allowed: a run with frozen weights (only BatchNorm
+  statistics move), which the weight-conversion tests use.
+- `train.steps >= 1`: a run of no steps trains nothing (a finished run given a higher
+  count resumes; given a lower one it only re-scores its final state).
+- `train.max_nonfinite_in_a_row = 0` turns the stop off; `train.keep_best = 0` keeps
+  no extra best checkpoint; `input.worker_count = 0` reads in the main process.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+
+__all__ = ["ConfigError", "check_config", "config_problems"]
+
+DTYPES = ("float32", "bfloat16")
+OUTPUT_STRIDES = (None, 1, 2, 4, 8, 16, 32)
+_ABSENT = object()
+
+
+class ConfigError(ValueError):
+    """Config values that cannot run; `problems` holds one line per bad key."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        count = f"{len(self.problems)} config value{'s' if len(self.problems) > 1 else ''}"
+        super().__init__(f"{count} not allowed:\n  " + "\n  ".join(self.problems))
+
+
+# ------------------------------------------------------------------------ value checks
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        return _is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi)
+
+    return ok, "an integer" + _range_text(lo, hi)
+
+
+def _number(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open=False
+) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return hi is None or (v < hi if hi_open else v <= hi)
+
+    text = "a finite number"
+    if lo is not None:
+        text += f" {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        text += f"{' and' if lo is not None else ''} {'<' if hi_open else '<='} {hi:g}"
+    return ok, text
+
+
+def _range_text(lo: int | None, hi: int | None) -> str:
+    if lo is not None and hi is not None:
+        return f" in [{lo}, {hi}]"
+    if lo is not None:
+        return f" >= {lo}"
+    return f" <= {hi}" if hi is not None else ""
+
+
+def _bool() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, bool)), "True or False"
+
+
+def _string(*, nonempty: bool = False) -> tuple[Callable[[Any], bool], str]:
+    if nonempty:
+        return (lambda v: isinstance(v, str) and bool(v.strip())), "a non-empty string"
+    return (lambda v: isinstance(v, str)), "a string"
+
+
+def _choice(choices: Sequence[Any]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, str) and v in choices), f"one of {sorted(choices)}"
+
+
+def _sequence(
+    length: int | None, item: tuple[Callable[[Any], bool], str], what: str
+) -> tuple[Callable[[Any], bool], str]:
+    item_ok, item_text = item
+
+    def ok(v: Any) -> bool:
+        if not isinstance(v, tuple | list) or (length is not None and len(v) != length):
+            return False
+        return (length is not None or len(v) > 0) and all(item_ok(x) for x in v)
+
+    count = f"{length} values" if length is not None else "one or more values"
+    plural = item_text.replace("an integer", "integers").replace("a finite number", "numbers")
+    return ok, f"{what}, {count}: {plural}"
+
+
+def _pair(what: str, lo: int) -> tuple[Callable[[Any], bool], str]:
+    return _sequence(2, _int(lo), what)
+
+
+def _optional_pair(what: str) -> tuple[Callable[[Any], bool], str]:
+    # (0, 0) turns the feature off; otherwise both sides are positive.
+    ok, _ = _pair(what, 0)
+
+    def both(v: Any) -> bool:
+        return ok(v) and (v[0] > 0) == (v[1] > 0)
+
+    return both, f"{what}: 2 integers, both 0 (off) or both >= 1"
+
+
+# ----------------------------------------------------------------------------- the rules
+
+
+def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """Key -> (is the value allowed, what is allowed), for every key of `base_config()`."""
+    from segjax import inference, sharding, tasks
+    from segjax.data import datasets
+    from segjax.models.registry import MODELS
+    from segjax.weights.pretrained import SCOPES
+
+    hw = "(height, width)"
+    return {
+        "seed": _int(0),
+        "task": _choice(tasks.TASKS),
+        "dataset.name": _choice(datasets.DATASETS),
+        "dataset.config": _string(nonempty=True),
+        "dataset.data_dir": _string(nonempty=True),
+        "dataset.train_split": _string(nonempty=True),
+        "dataset.eval_split": _string(nonempty=True),
+        "dataset.num_classes": _int(1),
+        "dataset.ignore_index": _int(),
+        "dataset.manual_dir": _string(),
+        "input.batch_size": _int(1),
+        "input.eval_batch_size": _int(1),
+        "input.crop_size": _pair(hw, 1),
+        "input.scale_range": _sequence(2, _number(0, lo_open=True), "(low, high)"),
+        "input.base_size": _optional_pair("(long, short)"),
+        "input.cat_max_ratio": _number(0, 1, lo_open=True),
+        "input.flip": _bool(),
+        "input.photometric": _bool(),
+        "input.mean": _sequence(3, _number(), "(red, green, blue)"),
+        "input.std": _sequence(3, _number(0, lo_open=True), "(red, green, blue)"),
+        "input.eval_pad_size": _pair(hw, 1),
+        "input.worker_count": _int(0),
+        "input.prefetch": _int(1),
+        "model.name": _choice(MODELS),
+        "model.output_stride": (
+            lambda v: v is None or (_is_int(v) and v in OUTPUT_STRIDES),
+            f"None (the model's default) or one of {list(OUTPUT_STRIDES[1:])}",
+        ),
+        "model.aux_head": _bool(),
+        "model.dtype": _choice(DTYPES),
+        "model.pretrained": _string(),
+        "model.pretrained_scope": _choice(SCOPES),
+        "loss.name": _string(nonempty=True),  # and a valid spec: see _cross_key_problems
+        "loss.aux_weight": _number(0),
+        "loss.options": _string(),
+        "optimizer.name": _choice(("sgd", "adamw")),
+        "optimizer.learning_rate": (
+            _number(0)[0],
+            "a finite number >= 0 (0 freezes the weights)",
+        ),
+        "optimizer.momentum": _number(0, 1, hi_open=True),
+        "optimizer.nesterov": _bool(),
+        "optimizer.weight_decay": _number(0),
+        "optimizer.schedule": _choice(("poly", "cosine", "constant")),
+        "optimizer.poly_power": _number(0, lo_open=True),
+        "optimizer.end_learning_rate": _number(0),
+        "optimizer.warmup_steps": _int(0),
+        "optimizer.grad_clip_norm": (_number(0)[0], "a finite number >= 0 (0 = no clipping)"),
+        "eval.mode": _choice(inference.MODES),
+        "eval.crop_size": _pair(hw, 1),
+        "eval.stride": _pair(hw, 1),
+        "eval.gaussian": _bool(),
+        "eval.scales": _sequence(None, _number(0, lo_open=True), "resize ratios"),
+        "eval.flip": _bool(),
+        "eval.resize": _optional_pair(hw),
+        "eval.label_pad_size": _optional_pair(hw),
+        "eval.num_visualizations": _int(0),
+        "eval.speed_iters": _int(1),
+        "train.steps": _int(1),
+        "train.log_every": _int(1),
+        "train.eval_every": _int(1),
+        "train.checkpoint_every": _int(1),
+        "train.keep_checkpoints": _int(1),
+        "train.keep_best": _int(0),
+        "train.async_checkpointing": _bool(),
+        "train.max_nonfinite_in_a_row": (_int(0)[0], "an integer >= 0 (0 = never stop)"),
+        "train.param_sharding": _choice(sharding.PARAM_SHARDINGS),
+        "train.fsdp_min_size": _int(0),
+        "train.compilation_cache_dir": _string(),
+        # config.classification (segjax/tasks/classification.py), when the task has it.
+        "classification.min_pixels": _int(1),
+        "classification.background_class": _int(-1),
+        "classification.dropout": _number(0, 1, hi_open=True),
+    }
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict | dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _show(value: Any) -> str:
+    # Tuples and lists print alike: JSON-loaded configs hold lists where files hold tuples.
+    if isinstance(value, list):
+        value = tuple(value)
+    return repr(value)
+
+
+def config_problems(
+    config: ml_collections.ConfigDict, *, num_devices: int | None = None
+) -> list[str]:
+    """One line per value of `config` that is not allowed (empty when all are).
+
+    Args:
+      config: a run's config (`configs/*.py`, or a saved `config.json`).
+      num_devices: the devices of the mesh the run uses (default: all of JAX's); the
+        global batch sizes must split evenly over them (and so over the processes).
+    """
+    problems = []
+    values = {}
+    for key, (ok, allowed) in _rules().items():
+        value = _get(config, key)
+        if value is _ABSENT:
+            continue
+        if ok(value):
+            values[key] = value
+        else:
+            problems.append(f"config.{key}={_show(value)}: expected {allowed}")
+    problems += _cross_key_problems(values, num_devices)
+    return problems
+
+
+def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]:
+    # Rules between keys, over the values that passed their own check.
+    out = []
+
+    def has(*keys: str) -> bool:
+        return all(k in v for k in keys)
+
+    if num_devices is None:
+        import jax
+
+        num_devices = jax.device_count()
+    for key in ("input.batch_size", "input.eval_batch_size"):
+        if has(key) and v[key] % num_devices:
+            out.append(
+                f"config.{key}={v[key]}: expected a multiple of the number of devices "
+                f"({num_devices}), so that the global batch splits evenly over them"
+            )
+    if has("dataset.num_classes", "dataset.ignore_index") and (
+        0 <= v["dataset.ignore_index"] < v["dataset.num_classes"]
+    ):
+        out.append(
+            f"config.dataset.ignore_index={v['dataset.ignore_index']}: expected a value "
+            f"outside the classes [0, {v['dataset.num_classes']}) "
+            "(config.dataset.num_classes), e.g. 255"
+        )
+    if has("dataset.name", "dataset.config"):
+        from segjax.data import datasets
+
+        spec = datasets.get_spec(v["dataset.name"])
+        if spec.configs and v["dataset.config"] not in spec.configs:
+            out.append(
+                f"config.dataset.config={v['dataset.config']!r}: expected one of "
+                f"{list(spec.configs)} (the configs of dataset {v['dataset.name']!r})"
+            )
+        known = len(spec.class_names)
+        if has("dataset.num_classes") and known and v["dataset.num_classes"] != known:
+            out.append(
+                f"config.dataset.num_classes={v['dataset.num_classes']}: dataset "
+                f"{v['dataset.name']!r} has {known} classes"
+            )
+    if has("input.scale_range") and v["input.scale_range"][0] > v["input.scale_range"][1]:
+        out.append(
+            f"config.input.scale_range={_show(v['input.scale_range'])}: expected low <= high"
+        )
+    if has("optimizer.learning_rate", "optimizer.end_learning_rate"):
+        lr, end = v["optimizer.learning_rate"], v["optimizer.end_learning_rate"]
+        if end > lr and v.get("optimizer.schedule") != "constant":
+            out.append(
+                f"config.optimizer.end_learning_rate={end:g}: expected <= "
+                f"config.optimizer.learning_rate ({lr:g}); the schedule decays to it"
+            )
+    if has("eval.crop_size", "eval.stride") and v.get("eval.mode") == "slide":
+        crop, stride = v["eval.crop_size"], v["eval.stride"]
+        if stride[0] > crop[0] or stride[1] > crop[1]:
+            out.append(
+                f"config.eval.stride={_show(stride)}: expected at most config.eval.crop_size "
+                f"({_show(crop)}) on each side; a larger step leaves pixels that no window covers"
+            )
+    if has("eval.resize", "input.eval_pad_size") and v["eval.resize"][0] > 0:
+        resize, pad = v["eval.resize"], v["input.eval_pad_size"]
+        if resize[0] > pad[0] or resize[1] > pad[1]:
+            out.append(
+                f"config.eval.resize={_show(resize)}: expected at most "
+                f"config.input.eval_pad_size ({_show(pad)}) on each side; resized images "
+                "are padded to that canvas"
+            )
+    if has("classification.background_class", "dataset.num_classes"):
+        bg, k = v["classification.background_class"], v["dataset.num_classes"]
+        if bg >= k:
+            out.append(
+                f"config.classification.background_class={bg}: expected -1 (none) or a "
+                f"class in [0, {k})"
+            )
+    if has("loss.name"):
+        out += _loss_problems(v)
+    return out
+
+
+def _loss_problems(v: dict[str, Any]) -> list[str]:
+    # The loss spec and its options, parsed as the loss builder parses them (no model).
+    from segjax import losses
+
+    options = v.get("loss.options", "")
+    try:
+        parsed = losses.loss_options(ml_collections.ConfigDict({"loss": {"options": options}}))
+    except ValueError as e:
+        return [f"config.loss.options={options!r}: {e}"]
+    try:
+        losses.build_loss(v["loss.name"], options=parsed)
+    except ValueError as e:
+        given = f" (with config.loss.options={options!r})" if options else ""
+        return [f"config.loss.name={v['loss.name']!r}{given}: {e}"]
+    return []
+
+
+def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
+    """Raises `ConfigError` listing every value of `config` that is not allowed.
+
+    Reads no data and builds no model: call it before either. See `config_problems`.
+    """
+    problems = config_problems(config, num_devices=num_devices)
+    if problems:
+        raise ConfigError(problems)

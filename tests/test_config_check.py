@@ -1,0 +1,231 @@
+"""segjax.config_check: every config value checked, key by key, before any work starts."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from configs import common
+from segjax import config_check, eval_lib, sharding, train_lib
+from segjax.train_lib import _flat_items
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (key, a value that is not allowed, a fragment of what the message says is allowed)
+BAD_VALUES = [
+    ("seed", -1, "integer >= 0"),
+    ("task", "detection", "one of ['classification', 'semantic']"),
+    ("dataset.name", "vocc", "one of ["),
+    ("dataset.config", "", "non-empty string"),
+    ("dataset.data_dir", "", "non-empty string"),
+    ("dataset.train_split", "", "non-empty string"),
+    ("dataset.eval_split", 3, "non-empty string"),
+    ("dataset.num_classes", 0, "integer >= 1"),
+    ("dataset.ignore_index", 2.5, "an integer"),
+    ("dataset.manual_dir", None, "a string"),
+    ("input.batch_size", 0, "integer >= 1"),
+    ("input.eval_batch_size", -8, "integer >= 1"),
+    ("input.crop_size", (64,), "(height, width), 2 values: integers >= 1"),
+    ("input.scale_range", (0.0, 1.0), "(low, high), 2 values: numbers > 0"),
+    ("input.base_size", (512, 0), "both 0 (off) or both >= 1"),
+    ("input.cat_max_ratio", 0.0, "> 0 and <= 1"),
+    ("input.flip", "yes", "True or False"),
+    ("input.photometric", 1, "True or False"),
+    ("input.mean", (0.0, 0.0), "(red, green, blue), 3 values"),
+    ("input.std", (1.0, 0.0, 1.0), "numbers > 0"),
+    ("input.eval_pad_size", (0, 64), "(height, width), 2 values: integers >= 1"),
+    ("input.worker_count", -1, "integer >= 0"),
+    ("input.prefetch", 0, "integer >= 1"),
+    ("model.name", "deeplabv4", "one of ["),
+    ("model.output_stride", 12, "None (the model's default) or one of [1, 2, 4, 8, 16, 32]"),
+    ("model.aux_head", "no", "True or False"),
+    ("model.dtype", "float64", "one of ['bfloat16', 'float32']"),
+    ("model.pretrained", None, "a string"),
+    ("model.pretrained_scope", "head", "one of ['all', 'backbone']"),
+    ("loss.name", "cross_entropyy", "unknown loss 'cross_entropyy'"),
+    ("loss.aux_weight", -0.4, ">= 0"),
+    ("loss.options", "{not json", "config.loss.options is not valid JSON"),
+    ("optimizer.name", "adam", "one of ['adamw', 'sgd']"),
+    ("optimizer.learning_rate", -1.0, ">= 0 (0 freezes the weights)"),
+    ("optimizer.momentum", 1.0, ">= 0 and < 1"),
+    ("optimizer.nesterov", 0, "True or False"),
+    ("optimizer.weight_decay", float("nan"), "a finite number >= 0"),
+    ("optimizer.schedule", "step", "one of ['constant', 'cosine', 'poly']"),
+    ("optimizer.poly_power", 0.0, "> 0"),
+    ("optimizer.end_learning_rate", -1e-4, ">= 0"),
+    ("optimizer.warmup_steps", -1, "integer >= 0"),
+    ("optimizer.grad_clip_norm", -1.0, ">= 0 (0 = no clipping)"),
+    ("eval.mode", "sliding", "one of ['slide', 'whole']"),
+    ("eval.crop_size", (128, 0), "integers >= 1"),
+    ("eval.stride", (96,), "2 values"),
+    ("eval.gaussian", None, "True or False"),
+    ("eval.scales", (), "one or more values: numbers > 0"),
+    ("eval.flip", "false", "True or False"),
+    ("eval.resize", (64, 0), "both 0 (off) or both >= 1"),
+    ("eval.label_pad_size", (-1, -1), "both 0 (off) or both >= 1"),
+    ("eval.num_visualizations", -1, "integer >= 0"),
+    ("eval.speed_iters", 0, "integer >= 1"),
+    ("train.steps", -5, "integer >= 1"),
+    ("train.log_every", 0, "integer >= 1"),
+    ("train.eval_every", 0, "integer >= 1"),
+    ("train.checkpoint_every", 0, "integer >= 1"),
+    ("train.keep_checkpoints", 0, "integer >= 1"),
+    ("train.keep_best", -1, "integer >= 0"),
+    ("train.async_checkpointing", "true", "True or False"),
+    ("train.max_nonfinite_in_a_row", -1, "(0 = never stop)"),
+    ("train.param_sharding", "zero3", "one of ['fsdp', 'replicated']"),
+    ("train.fsdp_min_size", -1, "integer >= 0"),
+    ("train.compilation_cache_dir", None, "a string"),
+    ("classification.min_pixels", 0, "integer >= 1"),
+    ("classification.background_class", -2, "integer >= -1"),
+    ("classification.dropout", 1.0, ">= 0 and < 1"),
+]
+
+
+def _base():
+    from segjax.tasks import classification
+
+    c = common.base_config()
+    c.classification = classification.config_block()
+    return c
+
+
+def _set(config, key, value):
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    # Bypass ml_collections' type safety: a JSON-loaded or hand-built config can hold anything.
+    node._fields[leaf] = value
+
+
+def test_every_key_of_base_config_has_a_rule_and_a_bad_value():
+    keys = set(_flat_items(_base()))
+    tested = {key for key, _, _ in BAD_VALUES}
+    assert keys == tested
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), BAD_VALUES, ids=[k for k, *_ in BAD_VALUES])
+def test_a_bad_value_is_named_with_what_is_allowed(key, value, allowed):
+    config = _base()
+    _set(config, key, value)
+    problems = config_check.config_problems(config, num_devices=1)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"config.{key}=")
+    assert repr(tuple(value) if isinstance(value, list) else value) in problems[0]
+    assert allowed in problems[0]
+
+
+def _config_files():
+    names = sorted(
+        os.path.basename(p)[:-3]
+        for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+        if not p.endswith(("__init__.py", "common.py"))
+    )
+    args = {"folder": ["classes=3"], "default": [None, "tiny"], "classify_shapes": [None, "tiny"]}
+    args["voc"] = [None, "aug"]
+    return [(n, a) for n in names for a in args.get(n, [None])]
+
+
+@pytest.mark.parametrize(("name", "arg"), _config_files())
+def test_every_config_file_passes(name, arg):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    assert config_check.config_problems(config, num_devices=8) == []
+
+
+def test_json_lists_and_absent_keys_are_fine():
+    # A saved config.json holds lists where files hold tuples, and may predate some keys.
+    config = _base()
+    _set(config, "input.crop_size", [64, 64])
+    del config.train._fields["fsdp_min_size"]
+    assert config_check.config_problems(config, num_devices=1) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"input.batch_size": 12}, "multiple of the number of devices (8)"),
+        ({"input.eval_batch_size": 4}, "multiple of the number of devices (8)"),
+        ({"dataset.ignore_index": 3}, "outside the classes [0, 6)"),
+        ({"dataset.config": "huge"}, "the configs of dataset 'segjax_shapes'"),
+        ({"dataset.num_classes": 21}, "dataset 'segjax_shapes' has 6 classes"),
+        ({"input.scale_range": (2.0, 0.5)}, "low <= high"),
+        ({"optimizer.end_learning_rate": 0.1}, "the schedule decays to it"),
+        ({"eval.mode": "slide", "eval.stride": (160, 96)}, "no window covers"),
+        ({"eval.resize": (256, 256)}, "padded to that canvas"),
+        ({"classification.background_class": 6}, "-1 (none) or a class in [0, 6)"),
+        ({"loss.options": '{"dice": {"smooth": 0.0}}'}, "which is not in spec"),
+    ],
+)
+def test_rules_between_keys(changes, message):
+    config = _base()
+    for key, value in changes.items():
+        _set(config, key, value)
+    problems = config_check.config_problems(config, num_devices=8)
+    assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_frozen_run_and_overlapping_windows_are_allowed():
+    config = _base()
+    _set(config, "optimizer.learning_rate", 0.0)
+    _set(config, "eval.mode", "slide")
+    _set(config, "eval.stride", (64, 128))
+    assert config_check.config_problems(config, num_devices=8) == []
+
+
+def test_several_problems_are_reported_together():
+    config = _base()
+    _set(config, "optimizer.learning_rate", -1.0)
+    _set(config, "train.steps", -5)
+    with pytest.raises(config_check.ConfigError) as info:
+        config_check.check_config(config, num_devices=1)
+    assert "2 config values not allowed" in str(info.value)
+    assert len(info.value.problems) == 2
+    assert isinstance(info.value, ValueError)
+
+
+def test_train_and_eval_check_before_reading_data_or_building(tmp_path):
+    config = _base()
+    _set(config, "dataset.data_dir", str(tmp_path / "no_data_here"))
+    _set(config, "input.batch_size", 0)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    with pytest.raises(config_check.ConfigError, match=r"config\.input\.batch_size=0"):
+        train_lib.train_and_evaluate(config, str(tmp_path / "run"), mesh=mesh)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "no_data_here").exists()
+    with pytest.raises(config_check.ConfigError, match=r"config\.input\.batch_size=0"):
+        eval_lib.evaluate_checkpoint(config, str(tmp_path / "ckpt"), mesh=mesh)
+
+
+def test_train_py_names_every_bad_value_before_any_work(tmp_path):
+    # The issue's four examples, as a new user types them.
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            "--config.optimizer.learning_rate=-1",
+            "--config.train.steps=-5",
+            "--config.input.batch_size=0",
+            "--config.input.crop_size=(64,)",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "SEGJAX_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert result.returncode != 0
+    for line in (
+        "config.optimizer.learning_rate=-1.0: expected a finite number >= 0",
+        "config.train.steps=-5: expected an integer >= 1",
+        "config.input.batch_size=0: expected an integer >= 1",
+        "config.input.crop_size=(64,): expected (height, width)",
+    ):
+        assert line in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
