@@ -43,6 +43,7 @@ FAMILIES: tuple[str, ...] = (
     "segjax.models.deeplab",
     "segjax.models.fcn",
     "segjax.models.linknet",
+    "segjax.models.lraspp",
     "segjax.models.mmseg_layouts",
     "segjax.models.pyramid",
     "segjax.models.segnet",

@@ -42,6 +42,8 @@ TINY = [
     "fcn8s_tiny",
     "parsenet_tiny",
     "deeplabv2_tiny",
+    "lraspp_mobilenet_v3_tiny",
+    "deeplabv3_mobilenet_v3_tiny",
 ]
 REQUIRED = {
     "deeplabv3plus_resnet50",
