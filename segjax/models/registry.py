@@ -41,6 +41,7 @@ import jax.numpy as jnp
 # The family modules, each with a ``MODELS`` dict at its bottom.
 FAMILIES: tuple[str, ...] = (
     "segjax.models.deeplab",
+    "segjax.models.enet",
     "segjax.models.fcn",
     "segjax.models.linknet",
     "segjax.models.lraspp",

@@ -72,3 +72,23 @@ def test_mobilenet_v3_options_are_checked():
     backbone = MobileNetV3Large(blocks=(0, 1, 2))
     with pytest.raises(ValueError, match="no block at stride 8"):
         backbone.feature_channels()
+
+
+def test_enet_parameter_count():
+    # davidtvs/PyTorch-ENet (models/enet.py, 19 classes): 351,590 parameters (summed with
+    # PyTorch over its layers), 23 of them its shared scalar PReLU slopes; segjax's PReLUs
+    # have one slope per channel (6,328): 351,590 - 23 + 6,328. Paper: "0.37M parameters".
+    model = build_model("enet", num_classes=19)
+    assert param_count(abstract_variables(model, (1, 65, 65, 3))) == 351_590 - 23 + 6_328
+
+
+def test_enet_options_are_checked():
+    with pytest.raises(ValueError, match="fixed output stride of 8"):
+        build_model("enet", num_classes=3, output_stride=16)
+
+
+def test_enet_contract():
+    """The shared contract with SegNet's bf16 check: max-unpooling moves values on bf16 ties."""
+    from tests.models.test_zoo_fcn_segnet import test_unpooling_models_contract
+
+    test_unpooling_models_contract("enet_tiny")
