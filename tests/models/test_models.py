@@ -44,6 +44,7 @@ TINY = [
     "deeplabv2_tiny",
     "lraspp_mobilenet_v3_tiny",
     "deeplabv3_mobilenet_v3_tiny",
+    "bisenetv1_tiny",
 ]
 REQUIRED = {
     "deeplabv3plus_resnet50",

@@ -92,3 +92,30 @@ def test_enet_contract():
     from tests.models.test_zoo_fcn_segnet import test_unpooling_models_contract
 
     test_unpooling_models_contract("enet_tiny")
+
+
+@pytest.mark.parametrize(("aux", "expected"), [(False, 13_275_539), (True, 13_350_630)])
+def test_bisenet_parameter_count(aux, expected):
+    # mmsegmentation's BiSeNetV1 (bisenetv1_r18-d32: ResNet-18 context path, 128-channel
+    # ARMs and heads, 256-channel FFM and decode head, 64-channel auxiliary FCN heads), 19
+    # classes, summed with PyTorch over its modules (torchvision's resnet18 without fc as the
+    # trunk): 13,275,539 without auxiliary heads, 13,350,630 with the first, 13,425,721 with
+    # both (segjax builds one: a Segmentor has one auxiliary output).
+    model = build_model("bisenetv1_resnet18", num_classes=19, aux_head=aux)
+    assert param_count(abstract_variables(model, (1, 65, 65, 3))) == expected
+
+
+def test_bisenet_feature_strides():
+    model = build_model("bisenetv1_tiny", num_classes=3)
+    x = jnp.zeros((1, 65, 47, 3))
+    variables = abstract_variables(model, x.shape)
+    feats = jax.eval_shape(
+        lambda v, x: model.backbone.apply({k: v[k]["backbone"] for k in v}, x, train=False),
+        variables,
+        x,
+    )
+    assert {k: v.shape[1:3] for k, v in feats.items()} == {
+        "fuse": (9, 6),
+        "context8": (9, 6),
+        "context16": (5, 3),
+    }
