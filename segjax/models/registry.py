@@ -40,9 +40,12 @@ import jax.numpy as jnp
 
 # The family modules, each with a ``MODELS`` dict at its bottom.
 FAMILIES: tuple[str, ...] = (
+    "segjax.models.bisenet",
     "segjax.models.deeplab",
+    "segjax.models.enet",
     "segjax.models.fcn",
     "segjax.models.linknet",
+    "segjax.models.lraspp",
     "segjax.models.mmseg_layouts",
     "segjax.models.pyramid",
     "segjax.models.segnet",

@@ -14,7 +14,8 @@ The conversions, each tested in ``tests/weights/test_convert.py``:
   ``batch_stats`` ``mean, var``; ``num_batches_tracked`` dropped. Momentum needs no
   conversion of the tensors (segjax's decay 0.9 is PyTorch's momentum 0.1, the default of
   every layout here). segjax's BatchNorm adds ``eps = 1e-5``; a model trained with another
-  ``eps`` (timm's Xception: 1e-3) gets ``running_var + eps - 1e-5``, the same normalisation
+  ``eps`` (timm's Xception, torchvision's MobileNetV3: 1e-3; a layout's ``bn_eps``, or a
+  rule's for some of its modules) gets ``running_var + eps - 1e-5``, the same normalisation
   in eval mode, exactly;
 - a rule may permute a kernel's input channels (mmsegmentation's ASPP concatenates the
   image-pooling branch first, segjax last).
@@ -59,11 +60,15 @@ class Rule:
             function of the match.
         permute_in: for a conv: a function ``(in_channels) -> index array`` that reorders
             the kernel's input channels (segjax channel ``c`` = PyTorch channel ``p[c]``).
+        bn_eps: for a BatchNorm: the PyTorch epsilon of the modules this rule matches, when
+            it differs from the layout's (torchvision's MobileNetV3 trunk: 1e-3, its
+            segmentation heads: 1e-5).
     """
 
     pattern: str
     target: str | Callable[[re.Match], str]
     permute_in: Callable[[int], np.ndarray] | None = None
+    bn_eps: float | None = None
 
     def apply(self, path: str) -> str | None:
         match = re.fullmatch(self.pattern, path)
@@ -198,7 +203,8 @@ def convert_state_dict(
                     value = value[:, rule.permute_in(value.shape[1])]
                 value = value.transpose(2, 3, 1, 0)
             if leaf == "var":
-                value = value + np.float32(layout.bn_eps - SEGJAX_BN_EPS)
+                eps = layout.bn_eps if rule.bn_eps is None else rule.bn_eps
+                value = value + np.float32(eps - SEGJAX_BN_EPS)
             parts = path.split("/") if path else []
             out[(collection, *parts, leaf)] = np.ascontiguousarray(value)
         if is_bn:

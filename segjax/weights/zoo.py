@@ -25,6 +25,7 @@ import flax.linen as nn
 import numpy as np
 
 from segjax.models.backbones.mobilenet import MOBILENET_V2_SETTING, MobileNetV2
+from segjax.models.backbones.mobilenet_v3 import MOBILENET_V3_LARGE, MobileNetV3Large
 from segjax.models.backbones.resnet import (
     ResNet18,
     ResNet34,
@@ -164,6 +165,46 @@ MOBILENET_V2_RULES = [
 ]
 
 
+def _mobilenet_v3_block(match: re.Match) -> str:
+    # torchvision's features[i + 1].block: [expand], depthwise, [se], project; expand only
+    # where the expanded width differs from the input's (block 0: 16 -> 16).
+    i, part = int(match[1]), match[2]
+    cin = MOBILENET_V3_LARGE[i - 1][2] if i else 16
+    _, expanded, _, use_se, _, _ = MOBILENET_V3_LARGE[i]
+    parts = ["expand"] if expanded != cin else []
+    parts += ["depthwise", "se"] if use_se else ["depthwise"]
+    parts.append("project")
+    prefix = f"features.{i + 1}.block.{parts.index(part)}"
+    if part == "se":
+        return f"{prefix}.{match[3]}"
+    return f"{prefix}.{'0' if match[3] == 'conv' else '1'}"  # Conv2dNormActivation
+
+
+_MOBILENET_V3_LAST = len(MOBILENET_V3_LARGE) + 1
+
+
+def mobilenet_v3_rules(features: str = "features.") -> list[Rule]:
+    """torchvision ``mobilenet_v3_large().features`` (``features.<i>``, or ``backbone.<i>``
+    in its segmentation models) for segjax ``MobileNetV3Large``; BatchNorm eps 1e-3."""
+    rules = [
+        *conv_bn("stem", "features.0.0", "features.0.1"),
+        Rule(r"block(\d+)/(expand|depthwise|se|project)/(conv|bn|fc1|fc2)", _mobilenet_v3_block),
+        *conv_bn(
+            "last_conv", f"features.{_MOBILENET_V3_LAST}.0", f"features.{_MOBILENET_V3_LAST}.1"
+        ),
+    ]
+    rules = [dataclasses.replace(r, bn_eps=1e-3) for r in rules]
+    if features == "features.":
+        return rules
+    return [dataclasses.replace(r, target=_renamed(r.target, "features.", features)) for r in rules]
+
+
+def _renamed(target, old: str, new: str):
+    if callable(target):
+        return lambda m: new + target(m).removeprefix(old)
+    return new + target.removeprefix(old)
+
+
 def _xception_block(match: re.Match) -> str:
     flow, i = match[1], int(match[2])
     return str({"entry": i - 1, "middle": 2 + i, "exit": 18 + i}[flow])
@@ -249,6 +290,17 @@ _add(
 )
 _add(
     Conversion(
+        "torchvision",
+        "mobilenet_v3_large",
+        # classifier.* is the ImageNet classifier (Linear 960 -> 1280 -> 1000).
+        Layout(mobilenet_v3_rules(), ignore=(r"classifier\..*",), bn_eps=1e-3),
+        backbone=MobileNetV3Large,
+        description="torchvision mobilenet_v3_large features (with the 960-channel conv) -> "
+        "segjax MobileNetV3Large (output_stride 16 for dilated=True)",
+    )
+)
+_add(
+    Conversion(
         "timm",
         "xception65",
         # timm builds Xception's BatchNorms with eps=1e-3.
@@ -294,6 +346,32 @@ for _depth in (50, 101):
                 f"{_arch}_resnet{_depth}",
             )
         )
+
+
+# torchvision's MobileNetV3 segmentation models: the trunk as IntermediateLayerGetter over
+# `features` (`backbone.<i>`, eps 1e-3), heads with eps 1e-5; the aux FCNHead on the C2 tap.
+_TV_MOBILENET_V3_BACKBONE = scoped(mobilenet_v3_rules("backbone."), "backbone/", "")
+_TV_LRASPP_HEAD = [
+    *conv_bn("head/cbr", "classifier.cbr.0", "classifier.cbr.1"),
+    Rule("head/scale", "classifier.scale.1"),
+    Rule("head/(low|high)_classifier", r"classifier.\1_classifier"),
+]
+for _arch, _head, _classifier in (
+    ("lraspp", _TV_LRASPP_HEAD, "classifier.low_classifier.weight"),
+    ("deeplabv3", _TV_DEEPLABV3_HEAD, "classifier.4.weight"),
+):
+    _add(
+        Conversion(
+            "torchvision",
+            f"{_arch}_mobilenet_v3_large",
+            Layout([*_TV_MOBILENET_V3_BACKBONE, *_head, *_TV_AUX]),
+            model=f"{_arch}_mobilenet_v3_large",
+            classifier=_classifier,
+            aux_prefix="aux_classifier.",
+            description=f"torchvision {_arch}_mobilenet_v3_large (+ aux_classifier) -> segjax "
+            f"{_arch}_mobilenet_v3_large",
+        )
+    )
 
 
 # --- mmsegmentation checkpoints (segjax.models.mmseg_layouts) ---------------------------------

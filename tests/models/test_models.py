@@ -42,6 +42,9 @@ TINY = [
     "fcn8s_tiny",
     "parsenet_tiny",
     "deeplabv2_tiny",
+    "lraspp_mobilenet_v3_tiny",
+    "deeplabv3_mobilenet_v3_tiny",
+    "bisenetv1_tiny",
 ]
 REQUIRED = {
     "deeplabv3plus_resnet50",

@@ -10,8 +10,9 @@ maps, segmentation models their logits and auxiliary logits.
 The default suite runs a cheap representative of each reader and layout family (a
 torchvision ResNet-18 backbone from a zip ``.pth``, a timm ResNet-18 from ``.safetensors``,
 MobileNetV2 from a legacy-format ``.pth``, torchvision's FCN-ResNet-50 with its auxiliary
-head, mmsegmentation's U-Net layout at 8 channels); ``-m slow`` runs every other mapping
-at full size (``test_every_conversion_has_a_parity_case`` keeps the list complete).
+head and its LR-ASPP on MobileNetV3-Large, mmsegmentation's U-Net layout at 8 channels);
+``-m slow`` runs every other mapping at full size
+(``test_every_conversion_has_a_parity_case`` keeps the list complete).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pytest
 
 from segjax.models import build_model
 from segjax.models.backbones.mobilenet import MobileNetV2
+from segjax.models.backbones.mobilenet_v3 import MobileNetV3Large
 from segjax.models.backbones.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
 from segjax.models.backbones.vgg import VGG
 from segjax.models.backbones.xception import Xception65
@@ -84,6 +86,8 @@ CASES = [
         slow=False,
     ),
     Case("tv_fcn_resnet50", "torchvision", "fcn_resnet50", slow=False),
+    # MobileNetV3's trunk (BN eps 1e-3) under LR-ASPP's head (eps 1e-5), dilated.
+    Case("tv_lraspp_mobilenet_v3_large", "torchvision", "lraspp_mobilenet_v3_large", slow=False),
     Case(
         "mmseg_unet_tiny", "mmseg", "unet-s5-d16", {"base": 8}, model="mmseg_unet_tiny", slow=False
     ),
@@ -111,7 +115,15 @@ CASES = [
         "vgg16_bn",
         backbone=functools.partial(VGG, batch_norm=True, ceil_mode=False),
     ),
+    Case(
+        "tv_mobilenet_v3_large_os16",
+        "torchvision",
+        "mobilenet_v3_large",
+        {"dilated": True},
+        functools.partial(MobileNetV3Large, output_stride=16),
+    ),
     # torchvision segmentation models (with aux_classifier).
+    Case("tv_deeplabv3_mobilenet_v3_large", "torchvision", "deeplabv3_mobilenet_v3_large"),
     Case("tv_fcn_resnet101", "torchvision", "fcn_resnet101"),
     Case("tv_deeplabv3_resnet50", "torchvision", "deeplabv3_resnet50"),
     Case("tv_deeplabv3_resnet101", "torchvision", "deeplabv3_resnet101"),

@@ -65,12 +65,11 @@ def torchvision_model(name: str, kwargs: dict):
     import torchvision
 
     seg = torchvision.models.segmentation
-    if name.startswith(("deeplabv3_", "fcn_")):
+    if name.startswith(("deeplabv3_", "fcn_", "lraspp_")):
+        # LR-ASPP has no auxiliary head (aux_loss=True is an error there).
+        aux = {} if name.startswith("lraspp_") else {"aux_loss": kwargs.get("aux_loss", True)}
         model = getattr(seg, name)(
-            weights=None,
-            weights_backbone=None,
-            num_classes=kwargs.get("num_classes", 5),
-            aux_loss=kwargs.get("aux_loss", True),
+            weights=None, weights_backbone=None, num_classes=kwargs.get("num_classes", 5), **aux
         )
 
         def run(x):
@@ -96,6 +95,11 @@ def torchvision_model(name: str, kwargs: dict):
         model = torchvision.models.mobilenet_v2(weights=None)
         f = model.features
         layers = {"s4": f[3], "s8": f[6], "s16": f[13], "s32": f[17]}
+        return model, lambda x: _hooked(model.features, layers, x)
+    if name == "mobilenet_v3_large":
+        model = torchvision.models.mobilenet_v3_large(weights=None, **kwargs)
+        f = model.features
+        layers = {"s4": f[3], "c2": f[4], "s8": f[6], "s16": f[12], "s32": f[16]}
         return model, lambda x: _hooked(model.features, layers, x)
     raise KeyError(f"no torchvision reference for {name!r}")
 
