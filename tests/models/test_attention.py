@@ -1,0 +1,201 @@
+"""DANet and CCNet: parameter counts, and the attention modules against dense references.
+
+Parameter counts of the full-size models are pinned with ``jax.eval_shape`` (tracing only).
+mmsegmentation publishes no parameter counts in its model zoo, so each is derived layer by
+layer from its config (``danet_r50-d8``, ``ccnet_r50-d8``) and head code (``DAHead``,
+``CCHead``, mmcv's ``CrissCrossAttention``); the arithmetic is in the comments. The
+forward / backward contract of the tiny variants runs in ``test_models.py``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segjax.models import build_model
+from segjax.models.__main__ import abstract_variables, param_count
+from segjax.models.heads.attention import (
+    ChannelAttention,
+    CrissCrossAttention,
+    PositionAttention,
+)
+
+# ResNet-50 / -101 v1c (mmseg's deep stem 32-32-64 instead of the 7x7 conv): torchvision
+# resnet50 25,557,032 (resnet101 44,549,160) - fc 2,049,000 - 7x7 stem (9,408 + 128) +
+# three 3x3 convs (28,512 + 256).
+RESNET50_V1C = 25_557_032 - 2_049_000 - 9_536 + 28_768
+RESNET101_V1C = 44_549_160 - 2_049_000 - 9_536 + 28_768
+
+
+def _conv_bn(cin: int, cout: int, k: int = 1) -> int:
+    return k * k * cin * cout + 2 * cout
+
+
+def _count(name: str, **kwargs) -> int:
+    return param_count(abstract_variables(build_model(name, **kwargs), (1, 65, 65, 3)))
+
+
+K = 19  # Cityscapes, as mmseg's configs
+CLS = 512 * K + K  # a classifier 512 -> K with bias
+# q, k: 1x1 512 -> 64 with bias; v: 1x1 512 -> 512 with bias; gamma (a Scale(0)).
+ATTENTION_512 = 2 * (512 * 64 + 64) + 512 * 512 + 512 + 1
+# mmseg's auxiliary FCNHead(1024, 256, num_convs=1) on stage 3.
+AUX = _conv_bn(1024, 256, 3) + 256 * K + K
+# DAHead(2048, 512, pam_channels=64): per branch a 3x3 in-conv 2048 -> 512 + BN, the
+# attention (PAM: q/k/v + gamma; CAM: gamma only), a 3x3 out-conv 512 -> 512 + BN and a
+# branch classifier; plus the classifier of the sum.
+DAHEAD = 2 * (_conv_bn(2048, 512, 3) + _conv_bn(512, 512, 3) + CLS) + ATTENTION_512 + 1 + CLS
+# CCHead(2048, 512): conv0 3x3 2048 -> 512, one criss-cross attention (mmcv: q/k 512 -> 64,
+# v 512 -> 512, all with bias, gamma), conv1 3x3 512 -> 512, conv_cat 3x3 (2048 + 512) ->
+# 512, all with BN, the classifier.
+CCHEAD = (
+    _conv_bn(2048, 512, 3) + ATTENTION_512 + _conv_bn(512, 512, 3) + _conv_bn(2560, 512, 3) + CLS
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "aux", "expected"),
+    [
+        # mmseg danet_r50-d8 (19 classes, with its aux head): 49,846,574.
+        ("danet_resnet50", True, RESNET50_V1C + DAHEAD + AUX),
+        ("danet_resnet50", False, RESNET50_V1C + DAHEAD),
+        # danet_r101-d8: 68,838,702.
+        ("danet_resnet101", True, RESNET101_V1C + DAHEAD + AUX),
+        # mmseg ccnet_r50-d8 (19 classes, with its aux head): 49,826,055.
+        ("ccnet_resnet50", True, RESNET50_V1C + CCHEAD + AUX),
+        ("ccnet_resnet50", False, RESNET50_V1C + CCHEAD),
+        # ccnet_r101-d8: 68,818,183.
+        ("ccnet_resnet101", True, RESNET101_V1C + CCHEAD + AUX),
+    ],
+)
+def test_parameter_counts_match_mmseg_layout(name, aux, expected):
+    assert _count(name, num_classes=K, aux_head=aux) == expected
+
+
+def test_parameter_counts_pinned():
+    assert _count("danet_resnet50", num_classes=K, aux_head=True) == 49_846_574
+    assert _count("ccnet_resnet50", num_classes=K, aux_head=True) == 49_826_055
+    # The tiny variants (5 classes, as the contract tests), pinned against silent changes.
+    assert _count("danet_tiny", num_classes=5, aux_head=True) == 106_250
+    assert _count("ccnet_tiny", num_classes=5, aux_head=True) == 105_979
+
+
+def _init_apply(module, x):
+    variables = module.init(jax.random.key(0), x)
+    return variables, module.apply(variables, x)
+
+
+def _dense_projections(variables, x):
+    p = variables["params"]
+    proj = [
+        np.einsum("bhwc,cd->bhwd", x, p[n]["kernel"][0, 0]) + p[n]["bias"]
+        for n in ("query", "key", "value")
+    ]
+    return [np.asarray(a, np.float64) for a in proj], float(p["gamma"])
+
+
+def test_criss_cross_equals_masked_dense_attention():
+    """Criss-cross attention = dense attention over all h*w positions, masked to each
+    position's row and column (itself once), computed here in float64 with NumPy."""
+    b, h, w, c = 2, 5, 7, 16
+    x = np.asarray(jax.random.normal(jax.random.key(1), (b, h, w, c)))
+    module = CrissCrossAttention(reduction=4, gamma_init=0.7)
+    variables, out = _init_apply(module, jnp.asarray(x))
+    (q, k, v), gamma = _dense_projections(variables, x.astype(np.float64))
+    qf, kf, vf = (a.reshape(b, h * w, -1) for a in (q, k, v))
+    energy = np.einsum("bnc,bmc->bnm", qf, kf)
+    ys, xs = np.divmod(np.arange(h * w), w)
+    mask = (ys[:, None] == ys[None, :]) | (xs[:, None] == xs[None, :])
+    energy = np.where(mask, energy, -np.inf)
+    attention = np.exp(energy - energy.max(-1, keepdims=True))
+    attention /= attention.sum(-1, keepdims=True)
+    expected = gamma * np.einsum("bnm,bmc->bnc", attention, vf).reshape(b, h, w, c) + x
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_criss_cross_never_forms_the_full_affinity():
+    """No intermediate of the criss-cross forward or backward has (h*w)^2 elements."""
+    b, h, w, c = 1, 24, 40, 16
+    x = jnp.zeros((b, h, w, c))
+    module = CrissCrossAttention(gamma_init=1.0)
+    variables = module.init(jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda v, x: module.apply(v, x).sum(), argnums=(0, 1)))(
+        variables, x
+    )
+    largest = max(
+        int(np.prod(var.aval.shape))
+        for eqn in jaxpr.eqns
+        for var in eqn.outvars
+        if hasattr(var.aval, "shape")
+    )
+    assert largest < (h * w) ** 2 // 8
+    assert largest <= b * h * w * (h + w)
+
+
+def test_position_attention_equals_numpy_non_local_block():
+    b, h, w, c = 2, 3, 4, 8
+    x = np.asarray(jax.random.normal(jax.random.key(2), (b, h, w, c)))
+    variables, out = _init_apply(PositionAttention(4, gamma_init=0.5), jnp.asarray(x))
+    (q, k, v), gamma = _dense_projections(variables, x.astype(np.float64))
+    energy = np.einsum("bnc,bmc->bnm", q.reshape(b, h * w, -1), k.reshape(b, h * w, -1))
+    attention = np.exp(energy - energy.max(-1, keepdims=True))
+    attention /= attention.sum(-1, keepdims=True)
+    context = np.einsum("bnm,bmc->bnc", attention, v.reshape(b, h * w, c)).reshape(x.shape)
+    np.testing.assert_allclose(np.asarray(out), gamma * context + x, rtol=1e-4, atol=1e-4)
+
+
+def test_channel_attention_equals_numpy_reference():
+    """DANet's CAM: softmax(rowmax(E) - E) with E = X^T X over positions."""
+    b, h, w, c = 2, 3, 4, 6
+    x = np.asarray(jax.random.normal(jax.random.key(3), (b, h, w, c))) * 0.3
+    _, out = _init_apply(ChannelAttention(gamma_init=0.5), jnp.asarray(x))
+    flat = x.reshape(b, h * w, c).astype(np.float64)
+    energy = np.einsum("bnc,bnd->bcd", flat, flat)
+    energy = energy.max(-1, keepdims=True) - energy
+    attention = np.exp(energy - energy.max(-1, keepdims=True))
+    attention /= attention.sum(-1, keepdims=True)
+    expected = 0.5 * np.einsum("bcd,bnd->bnc", attention, flat).reshape(x.shape) + x
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_full_size_attention_starts_as_identity():
+    """gamma = 0 at init (the papers, mmseg): the attention modules pass their input."""
+    x = jax.random.normal(jax.random.key(4), (1, 4, 5, 16))
+    for module in (PositionAttention(4), ChannelAttention(), CrissCrossAttention()):
+        _, out = _init_apply(module, x)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+
+
+def test_ccnet_recurrence_shares_one_attention():
+    """R = 2 reuses one criss-cross module: the same parameters whatever the recurrence."""
+    shapes = {
+        r: jax.tree.map(
+            lambda a: a.shape,
+            abstract_variables(
+                build_model("ccnet_tiny", num_classes=3, recurrence=r), (1, 33, 33, 3)
+            ),
+        )
+        for r in (1, 2)
+    }
+    assert shapes[1] == shapes[2]
+    with pytest.raises(ValueError, match="recurrence"):
+        abstract_variables(build_model("ccnet_tiny", num_classes=3, recurrence=0), (1, 9, 9, 3))
+
+
+def test_danet_outputs_and_options():
+    model = build_model("danet_tiny", num_classes=3, output_stride=16)
+    x = jax.ShapeDtypeStruct((2, 33, 47, 3), jnp.float32)
+    out = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False), abstract_variables(model, x.shape), x
+    )
+    assert set(out) == {"logits", "deep_supervision"}
+    assert [v.shape for v in out["deep_supervision"]] == [(2, 33, 47, 3)] * 2
+    plain = build_model("danet_tiny", num_classes=3, branch_logits=False)
+    out = jax.eval_shape(
+        lambda v, x: plain.apply(v, x, train=False), abstract_variables(plain, x.shape), x
+    )
+    assert set(out) == {"logits"}
+    with pytest.raises(ValueError, match="output_stride"):
+        build_model("danet_resnet50", num_classes=3, output_stride=32)
