@@ -1,6 +1,8 @@
-"""The attention family's builders (survey 3.8): DANet and CCNet on a dilated ResNet.
+"""The attention family's builders (survey 3.8, 3.11): DANet, CCNet, EMANet and EncNet on a
+dilated ResNet.
 
-The heads live in ``heads/attention.py``. Each full-size model is mmsegmentation's
+The heads live in ``heads/attention.py`` (DANet, CCNet) and ``heads/context.py`` (EMANet,
+EncNet). Each full-size model is mmsegmentation's
 ``*_r{50,101}-d8`` layout: a ResNet v1c (deep stem) at output stride 8, the head on stage 4,
 and with ``aux_head=True`` mmseg's auxiliary ``FCNHead(1024, 256)`` on stage 3. The tiny
 variants are the same graphs on a one-block ResNet (8-64 channels) with 16-channel heads;
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 
 from segjax.models.backbones.resnet import ResNet, ResNet50, ResNet101, ResNetMicro
 from segjax.models.heads.attention import CCHead, DAHead
+from segjax.models.heads.context import EMAHead, EncHead
 from segjax.models.heads.fcn import FCNHead
 from segjax.models.segmentor import Segmentor
 
@@ -163,6 +166,116 @@ def ccnet_builder(
     return builder
 
 
+def emanet_builder(
+    backbone_cls: Callable[..., ResNet],
+    *,
+    ema_channels: int = 512,
+    channels: int = 256,
+    aux_channels: int = 256,
+) -> Callable[..., Segmentor]:
+    """An EMANet builder (mmseg ``emanet_r50-d8``: ``EMAHead(2048, 256, ema_channels=512)``)."""
+
+    def builder(
+        *,
+        num_classes: int,
+        dtype: jnp.dtype = jnp.float32,
+        output_stride: int | None = None,
+        aux_head: bool = False,
+        deep_stem: bool = True,
+        dropout: float = 0.1,
+        num_bases: int = 64,
+        num_stages: int = 3,
+    ) -> Segmentor:
+        """EMANet: expectation-maximisation attention on a dilated ResNet v1c.
+
+        Args:
+            num_classes: output classes.
+            dtype: compute dtype; params are float32.
+            output_stride: 8 (None; mmseg's ``-d8``) or 16.
+            aux_head: the auxiliary FCN head on stage 3 (``"aux_logits"``).
+            deep_stem: ResNet v1c stem.
+            dropout: before the classifier.
+            num_bases: EM bases ``K`` (64).
+            num_stages: EM iterations ``T`` (3).
+        """
+        head = EMAHead(
+            num_classes,
+            ema_channels=ema_channels,
+            channels=channels,
+            num_bases=num_bases,
+            num_stages=num_stages,
+            dropout=dropout,
+            dtype=dtype,
+        )
+        return d8_segmentor(
+            backbone_cls,
+            head,
+            title="EMANet",
+            num_classes=num_classes,
+            dtype=dtype,
+            output_stride=output_stride,
+            aux_head=aux_head,
+            aux_channels=aux_channels,
+            deep_stem=deep_stem,
+            dropout=dropout,
+        )
+
+    return builder
+
+
+def encnet_builder(
+    backbone_cls: Callable[..., ResNet], *, channels: int = 512, aux_channels: int = 256
+) -> Callable[..., Segmentor]:
+    """An EncNet builder (mmseg ``encnet_r50-d8``: ``EncHead(2048, 512, num_codes=32)``)."""
+
+    def builder(
+        *,
+        num_classes: int,
+        dtype: jnp.dtype = jnp.float32,
+        output_stride: int | None = None,
+        aux_head: bool = False,
+        deep_stem: bool = True,
+        dropout: float = 0.1,
+        num_codes: int = 32,
+        se_loss: bool = True,
+    ) -> Segmentor:
+        """EncNet: the context encoding module on a dilated ResNet v1c.
+
+        Args:
+            num_classes: output classes.
+            dtype: compute dtype; params are float32.
+            output_stride: 8 (None; mmseg's ``-d8``) or 16.
+            aux_head: the auxiliary FCN head on stage 3 (``"aux_logits"``).
+            deep_stem: ResNet v1c stem.
+            dropout: before the classifier.
+            num_codes: codewords of the encoding layer (32).
+            se_loss: also output ``"se_logits"`` [B, K], trained by the semantic encoding
+                loss (``loss.se_weight``, 0.2 as mmseg).
+        """
+        head = EncHead(
+            num_classes,
+            channels=channels,
+            num_codes=num_codes,
+            se_loss=se_loss,
+            dropout=dropout,
+            dtype=dtype,
+        )
+        return d8_segmentor(
+            backbone_cls,
+            head,
+            title="EncNet",
+            num_classes=num_classes,
+            dtype=dtype,
+            output_stride=output_stride,
+            aux_head=aux_head,
+            aux_channels=aux_channels,
+            deep_stem=deep_stem,
+            dropout=dropout,
+        )
+
+    return builder
+
+
 _TINY = {"aux_channels": 16, "default_gamma_init": TINY_GAMMA_INIT}
 
 MODELS: dict[str, Callable[..., Segmentor]] = {
@@ -172,4 +285,10 @@ MODELS: dict[str, Callable[..., Segmentor]] = {
     "ccnet_resnet50": ccnet_builder(ResNet50),
     "ccnet_resnet101": ccnet_builder(ResNet101),
     "ccnet_tiny": ccnet_builder(ResNetMicro, channels=16, **_TINY),
+    "emanet_resnet50": emanet_builder(ResNet50),
+    "emanet_resnet101": emanet_builder(ResNet101),
+    "emanet_tiny": emanet_builder(ResNetMicro, ema_channels=16, channels=16, aux_channels=16),
+    "encnet_resnet50": encnet_builder(ResNet50),
+    "encnet_resnet101": encnet_builder(ResNet101),
+    "encnet_tiny": encnet_builder(ResNetMicro, channels=16, aux_channels=16),
 }
