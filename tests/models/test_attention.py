@@ -1,4 +1,4 @@
-"""DANet and CCNet: parameter counts, and the attention modules against dense references.
+"""DANet, CCNet, EMANet, EncNet: parameter counts, and their modules against NumPy references.
 
 Parameter counts of the full-size models are pinned with ``jax.eval_shape`` (tracing only).
 mmsegmentation publishes no parameter counts in its model zoo, so each is derived layer by
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from segjax.losses import se_loss, segmentation_loss
 from segjax.models import build_model
 from segjax.models.__main__ import abstract_variables, param_count
 from segjax.models.heads.attention import (
@@ -21,6 +22,7 @@ from segjax.models.heads.attention import (
     CrissCrossAttention,
     PositionAttention,
 )
+from segjax.models.heads.context import EMAttention, Encoding
 
 # ResNet-50 / -101 v1c (mmseg's deep stem 32-32-64 instead of the 7x7 conv): torchvision
 # resnet50 25,557,032 (resnet101 44,549,160) - fc 2,049,000 - 7x7 stem (9,408 + 128) +
@@ -199,3 +201,137 @@ def test_danet_outputs_and_options():
     assert set(out) == {"logits"}
     with pytest.raises(ValueError, match="output_stride"):
         build_model("danet_resnet50", num_classes=3, output_stride=32)
+
+
+# EMAHead(2048, 256, ema_channels=512): ema_in_conv 3x3 2048 -> 512 + BN, ema_mid_conv 1x1
+# 512 -> 512 with bias, ema_out_conv 1x1 512 -> 512 + BN, bottleneck 3x3 512 -> 256 + BN,
+# conv_cat 3x3 (2048 + 256) -> 256 + BN, classifier 256 -> K. The 64 bases are a buffer
+# (batch_stats), not parameters, in mmseg and here.
+EMAHEAD = (
+    _conv_bn(2048, 512, 3)
+    + 512 * 512
+    + 512
+    + _conv_bn(512, 512)
+    + _conv_bn(512, 256, 3)
+    + _conv_bn(2304, 256, 3)
+    + 256 * K
+    + K
+)
+# EncHead(2048, 512, num_codes=32, use_se_loss=True): bottleneck 3x3 2048 -> 512 + BN,
+# encoding_project 1x1 512 -> 512 + BN, Encoding (codewords 32 x 512, scale 32), BN1d(32),
+# fc 512 -> 512 with bias, se_layer 512 -> K with bias, classifier 512 -> K.
+ENCHEAD = (
+    _conv_bn(2048, 512, 3)
+    + _conv_bn(512, 512)
+    + 32 * 512
+    + 32
+    + 2 * 32
+    + 512 * 512
+    + 512
+    + CLS
+    + CLS
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # mmseg emanet_r50-d8 (19 classes, with its aux head): 42,349,958.
+        ("emanet_resnet50", RESNET50_V1C + EMAHEAD + AUX),
+        # mmseg encnet_r50-d8 (19 classes, with its aux head): 35,891,961.
+        ("encnet_resnet50", RESNET50_V1C + ENCHEAD + AUX),
+    ],
+)
+def test_context_parameter_counts_match_mmseg_layout(name, expected):
+    assert _count(name, num_classes=K, aux_head=True) == expected
+
+
+def test_context_parameter_counts_pinned():
+    assert _count("emanet_resnet50", num_classes=K, aux_head=True) == 42_349_958
+    assert _count("encnet_resnet50", num_classes=K, aux_head=True) == 35_891_961
+    assert _count("emanet_tiny", num_classes=5, aux_head=True) == 106_198
+    assert _count("encnet_tiny", num_classes=5, aux_head=True) == 93_003
+
+
+def test_encoding_equals_direct_residual_encoder():
+    """The expanded distances equal mmseg's [N, K, C] formulation, in float64 NumPy."""
+    b, n, c, k = 2, 13, 6, 4
+    x = np.asarray(jax.random.normal(jax.random.key(5), (b, n, c)))
+    variables, out = _init_apply(Encoding(k), jnp.asarray(x))
+    codewords = np.asarray(variables["params"]["codewords"], np.float64)
+    scale = np.asarray(variables["params"]["scale"], np.float64)
+    residual = x[:, :, None, :] - codewords[None, None]  # [B, N, K, C]
+    logits = scale * np.sum(residual**2, -1)
+    a = np.exp(logits - logits.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    np.testing.assert_allclose(
+        np.asarray(out), np.einsum("bnk,bnkc->bkc", a, residual), rtol=1e-4, atol=1e-5
+    )
+
+
+def _l2n(x, axis):
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def test_em_attention_equals_numpy_em_and_updates_bases():
+    """mmseg's EMAModule in float64 NumPy: T E/M steps from the running bases, the
+    reconstruction, and in training the momentum update of the bases."""
+    b, h, w, c, k, t = 2, 3, 5, 8, 4, 3
+    x = np.asarray(jax.random.normal(jax.random.key(6), (b, h, w, c)))
+    module = EMAttention(num_bases=k, num_stages=t, momentum=0.1)
+    variables = module.init(jax.random.key(0), jnp.asarray(x), train=False)
+    bases = np.asarray(variables["batch_stats"]["bases"], np.float64)
+    np.testing.assert_allclose(np.linalg.norm(bases, axis=0), 1.0, rtol=1e-6)
+    out, updates = module.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
+    feats = x.reshape(b, h * w, c)
+    mu = np.broadcast_to(bases, (b, c, k))
+    for _ in range(t):
+        z = np.einsum("bnc,bck->bnk", feats, mu)
+        z = np.exp(z - z.max(-1, keepdims=True))
+        z /= z.sum(-1, keepdims=True)
+        mu = _l2n(np.einsum("bnc,bnk->bck", feats, z / z.sum(1, keepdims=True)), 1)
+    expected = np.einsum("bck,bnk->bnc", mu, z).reshape(x.shape)
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-5)
+    new_bases = 0.9 * bases + 0.1 * _l2n(mu.mean(0), 0)
+    np.testing.assert_allclose(updates["batch_stats"]["bases"], new_bases, rtol=1e-4, atol=1e-6)
+    # Eval: the same output from the same bases, and nothing to update.
+    np.testing.assert_allclose(
+        np.asarray(module.apply(variables, jnp.asarray(x), train=False)), expected, atol=1e-5
+    )
+
+
+def test_se_loss_equals_numpy_and_enters_the_total():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (2, 6, 7)).astype(np.int32)  # classes 0-2 of K = 5
+    labels[1] = 255
+    labels[1, 0, 0] = 4
+    se_logits = rng.standard_normal((2, 5)).astype(np.float32)
+    present = np.zeros((2, 5))
+    present[0, np.unique(labels[0])] = 1
+    present[1, 4] = 1  # 255 (void) marks no class
+    p = 1 / (1 + np.exp(-se_logits.astype(np.float64)))
+    expected = -np.mean(present * np.log(p) + (1 - present) * np.log(1 - p))
+    np.testing.assert_allclose(float(se_loss(se_logits, labels)), expected, rtol=1e-5)
+    logits = jnp.asarray(rng.standard_normal((2, 6, 7, 5)), jnp.float32)
+    ce = lambda lg, lb: jnp.float32(1.0)  # a constant pixel loss
+    total, terms = segmentation_loss(
+        {"logits": logits, "se_logits": se_logits}, labels, ce, se_weight=0.2
+    )
+    np.testing.assert_allclose(float(terms["se"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(total), 1.0 + 0.2 * expected, rtol=1e-5)
+    # A model without se_logits: no SE term, the total unchanged.
+    total, terms = segmentation_loss({"logits": logits}, labels, ce)
+    assert "se" not in terms and float(total) == 1.0
+
+
+def test_encnet_outputs_se_logits_and_option():
+    x = jax.ShapeDtypeStruct((2, 33, 47, 3), jnp.float32)
+    for se, keys in ((True, {"logits", "se_logits"}), (False, {"logits"})):
+        model = build_model("encnet_tiny", num_classes=3, se_loss=se)
+        out = jax.eval_shape(
+            lambda v, x, m=model: m.apply(v, x, train=False),
+            abstract_variables(model, x.shape),
+            x,
+        )
+        assert set(out) == keys
+    assert out["logits"].shape == (2, 33, 47, 3)

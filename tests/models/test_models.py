@@ -44,6 +44,8 @@ TINY = [
     "deeplabv2_tiny",
     "danet_tiny",  # PAM + CAM branches as deep supervision
     "ccnet_tiny",
+    "emanet_tiny",
+    "encnet_tiny",  # se_logits [B, K] for the SE loss
 ]
 REQUIRED = {
     "deeplabv3plus_resnet50",
