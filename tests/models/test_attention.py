@@ -23,6 +23,7 @@ from segjax.models.heads.attention import (
     PositionAttention,
 )
 from segjax.models.heads.context import EMAttention, Encoding
+from segjax.models.layers import resize_bilinear
 
 # ResNet-50 / -101 v1c (mmseg's deep stem 32-32-64 instead of the 7x7 conv): torchvision
 # resnet50 25,557,032 (resnet101 44,549,160) - fc 2,049,000 - 7x7 stem (9,408 + 128) +
@@ -335,3 +336,61 @@ def test_encnet_outputs_se_logits_and_option():
         )
         assert set(out) == keys
     assert out["logits"].shape == (2, 33, 47, 3)
+
+
+def test_pan_ran_scale_attention_parameter_counts():
+    # RAN on ResNet-101 v1c d8 (19 classes): 3x3 conv 2048 -> 512 + BN, two 1x1 classifiers
+    # (original, reverse); no reference implementation publishes a count.
+    assert (
+        _count("ran_resnet101", num_classes=K) == RESNET101_V1C + _conv_bn(2048, 512, 3) + 2 * CLS
+    )
+    # PAN (smp layout, 32 decoder channels) on torchvision's ResNet-50 trunk (23,508,032):
+    # FPA (global 1x1 2048 -> 32 + BN, mid 1x1 2048 -> 32 + BN, 7x7 2048 -> 1, 5x5, 3x3,
+    # 3x3, 5x5, 7x7 one-channel convs, each + BN), GAUs on 1024/512/256 channels (3x3 conv
+    # to 32 + BN, 1x1 gate 32 -> 32 + BN), 3x3 classifier 32 -> K with bias. smp's convs
+    # carry a bias before BN (segjax's do not): smp counts 2 * 32 + 6 + 3 * 2 * 32 more.
+    fpa = 2 * _conv_bn(2048, 32) + _conv_bn(2048, 1, 7) + 2 * _conv_bn(1, 1, 5)
+    fpa += 2 * _conv_bn(1, 1, 3) + _conv_bn(1, 1, 7)
+    gaus = sum(_conv_bn(c, 32, 3) + _conv_bn(32, 32) for c in (1024, 512, 256))
+    expected = 23_508_032 + fpa + gaus + 9 * 32 * K + K
+    assert _count("pan_resnet50", num_classes=K) == expected
+    # Attention to scale on DeepLab-LargeFOV VGG-16 (21 classes): deeplabv1_vgg16
+    # (20,505,429) + attention model 3x3 (3 x 1024) -> 512 with bias + 1x1 512 -> 3.
+    attention = 9 * 3072 * 512 + 512 + 512 * 3 + 3
+    assert _count("scale_attention_vgg16", num_classes=21) == 20_505_429 + attention
+    assert _count("ran_tiny", num_classes=5, aux_head=True) == 91_835
+    assert _count("pan_tiny", num_classes=5, aux_head=True) == 92_043
+    assert _count("scale_attention_tiny", num_classes=5, aux_head=True) == 26_977
+
+
+def test_reverse_attention_combines_the_branches():
+    """logits = O - sigmoid(-O) * R, O (the original branch) also as deep supervision."""
+    model = build_model("ran_tiny", num_classes=3)
+    x = jax.random.normal(jax.random.key(7), (2, 17, 19, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    out, state = model.apply(
+        variables,
+        x,
+        train=False,
+        capture_intermediates=lambda mdl, _: mdl.name in ("original", "reverse"),
+        mutable=["intermediates"],
+    )
+    head = state["intermediates"]["head"]
+    o, r = head["original"]["__call__"][0], head["reverse"]["__call__"][0]
+    expected = o - jax.nn.sigmoid(-o) * r
+    size = x.shape[1:3]
+    np.testing.assert_allclose(out["logits"], resize_bilinear(expected, size), atol=1e-5)
+    np.testing.assert_allclose(out["deep_supervision"][0], resize_bilinear(o, size), atol=1e-5)
+
+
+def test_scale_attention_weights_sum_to_one_and_single_scale_is_the_base():
+    """One scale: the softmax weight is 1 and the fused map is that scale's score map."""
+    model = build_model("scale_attention_tiny", num_classes=3, scales=(1.0,))
+    x = jax.random.normal(jax.random.key(8), (2, 21, 27, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    out = model.apply(variables, x, train=False)
+    np.testing.assert_allclose(out["logits"], out["deep_supervision"][0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="scales"):
+        build_model("scale_attention_tiny", num_classes=3, scales=(1.0, 0.0)).init(
+            jax.random.key(0), x, train=False
+        )

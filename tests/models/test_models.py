@@ -46,6 +46,9 @@ TINY = [
     "ccnet_tiny",
     "emanet_tiny",
     "encnet_tiny",  # se_logits [B, K] for the SE loss
+    "ran_tiny",
+    "pan_tiny",
+    "scale_attention_tiny",  # one shared network at three scales
 ]
 REQUIRED = {
     "deeplabv3plus_resnet50",

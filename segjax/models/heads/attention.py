@@ -248,3 +248,41 @@ class CCHead(nn.Module):
         return Classifier(self.num_classes, self.dropout, self.dtype, name="classifier")(
             y, train=train
         )
+
+
+class ReverseAttentionHead(nn.Module):
+    """RAN's reverse attention block (Huang et al., 2017) on one feature level.
+
+    A 3x3 conv-BN-ReLU, then three branches: the original branch predicts class scores
+    ``O`` (1x1); the reverse branch predicts, per class, the evidence that a pixel is NOT
+    of that class, ``R`` (1x1); the reverse attention mask ``A = sigmoid(-O)`` is large
+    where the original branch is unsure or negative. The prediction is
+    ``O - A * R``: the reverse evidence is subtracted where the original branch does not
+    already decide. ``O`` is also returned as deep supervision (the paper trains the
+    original branch with its own loss).
+
+    Attributes:
+        num_classes: classes ``K``.
+        channels: channels of the shared conv (512 full size).
+        dropout: before the 1x1 classifiers.
+        in_key: feature key to read.
+        dtype: compute dtype; parameters are float32.
+    """
+
+    num_classes: int
+    channels: int = 512
+    dropout: float = 0.1
+    in_key: str = "s32"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: dict[str, Array], *, train: bool) -> dict[str, Array]:
+        """``features[in_key]`` -> ``{"logits": O - A * R, "deep_supervision": [O]}``."""
+        x = ConvBNReLU(self.channels, 3, dtype=self.dtype, name="conv")(
+            features[self.in_key], train=train
+        )
+        classifier = functools.partial(Classifier, self.num_classes, self.dropout, self.dtype)
+        original = classifier(name="original")(x, train=train)
+        reverse = classifier(name="reverse")(x, train=train)
+        mask = jax.nn.sigmoid(-original.astype(jnp.float32)).astype(original.dtype)
+        return {"logits": original - mask * reverse, "deep_supervision": [original]}
