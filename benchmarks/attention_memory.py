@@ -59,9 +59,7 @@ def measure(model: str, dtype: str, *, batch: int, size: tuple[int, int]) -> dic
     run = train_lib.setup(config, mesh)
     spec = run.task.batch_spec(batch)
     data = sharding.data_sharding(mesh)
-    batch_spec = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in spec.items()
-    }
+    batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in spec.items()}
     rng = jax.eval_shape(lambda: jax.random.key(0))
     start = time.perf_counter()
     compiled = run.train_step.lower(run.abstract_state, batch_spec, rng).compile()
