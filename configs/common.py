@@ -100,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "cross_entropy"  # or a weighted sum: "cross_entropy:1.0+dice:0.5"
     c.loss.aux_weight = 0.4
+    c.loss.se_weight = 0.2  # EncNet's semantic encoding loss (models with "se_logits")
     # Per-loss keyword arguments as JSON, e.g. '{"ohem_cross_entropy": {"thresh": 0.7},
     # "cross_entropy": {"class_weights": [1.0, 2.0, 2.0]}}' (checked before training).
     c.loss.options = ""

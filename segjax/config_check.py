@@ -184,6 +184,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "model.pretrained_scope": _choice(SCOPES),
         "loss.name": _string(nonempty=True),  # and a valid spec: see _cross_key_problems
         "loss.aux_weight": _number(0),
+        "loss.se_weight": _number(0),
         "loss.options": _string(),
         "optimizer.name": _choice(("sgd", "adamw")),
         "optimizer.learning_rate": (

@@ -39,6 +39,7 @@ __all__ = [
     "jaccard_loss",
     "lovasz_softmax",
     "ohem_cross_entropy",
+    "se_loss",
     "segmentation_loss",
     "signed_distance_maps",
     "topk_cross_entropy",
@@ -749,31 +750,56 @@ def _resize_to(logits: jax.Array, spatial: tuple[int, ...]) -> jax.Array:
     return jax.image.resize(logits, shape, method="bilinear")
 
 
+def se_loss(se_logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """EncNet's semantic encoding loss: which classes does each image contain?
+
+    Binary cross-entropy with logits between `se_logits` float [B, K] and the presence
+    of each class among the image's labels (1 if any pixel has it), averaged over the
+    B * K entries (mmsegmentation's `CrossEntropyLoss(use_sigmoid=True)` on EncHead's
+    `se_layer`). Labels outside [0, K), `ignore_index` included, mark no class.
+
+    Args:
+      se_logits: float [B, K].
+      labels: int [B, H, W].
+
+    Returns:
+      float32 scalar.
+    """
+    se_logits = jnp.asarray(se_logits, jnp.float32)
+    num_classes = se_logits.shape[-1]
+    present = jnp.any(labels[..., None] == jnp.arange(num_classes), axis=(1, 2))
+    # log(1 + exp(x)) - x * y: the stable form of sigmoid cross-entropy.
+    return jnp.mean(jnp.logaddexp(0.0, se_logits) - se_logits * present.astype(jnp.float32))
+
+
 def segmentation_loss(
     outputs: Mapping[str, Any],
     labels: jax.Array,
     loss_fn: Callable[..., jax.Array],
     *,
     aux_weight: float = 0.4,
+    se_weight: float = 0.2,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Applies `loss_fn` to a segmentor's outputs: main head plus auxiliary heads.
 
     total = loss(outputs["logits"]) + aux_weight * loss(outputs["aux_logits"])
             + aux_weight * sum_i loss(outputs["deep_supervision"][i])
+            + se_weight * se_loss(outputs["se_logits"])
 
     where the auxiliary entries are used only when present. Auxiliary logits whose
     spatial size differs from the labels are bilinearly resized to it first.
 
     Args:
-      outputs: dict with `logits` float [B, H, W, K], optionally `aux_logits` and
-        `deep_supervision` (a list of logits).
+      outputs: dict with `logits` float [B, H, W, K], optionally `aux_logits`,
+        `deep_supervision` (a list of logits) and `se_logits` [B, K] (EncNet).
       labels: int [B, H, W].
       loss_fn: `(logits, labels) -> scalar`, e.g. from `build_loss`.
       aux_weight: weight of each auxiliary term.
+      se_weight: weight of the semantic encoding loss (`se_loss`; EncNet and mmseg: 0.2).
 
     Returns:
       (total float32 scalar, terms) where terms holds the unweighted losses under
-      "main", "aux", "deep_supervision_0", ... and the weighted sum under "total".
+      "main", "aux", "deep_supervision_0", ..., "se" and the weighted sum under "total".
     """
     spatial = tuple(labels.shape[1:])
     terms: dict[str, jax.Array] = {"main": loss_fn(outputs["logits"], labels)}
@@ -785,5 +811,8 @@ def segmentation_loss(
         key = f"deep_supervision_{i}"
         terms[key] = loss_fn(_resize_to(ds_logits, spatial), labels)
         total = total + aux_weight * terms[key]
+    if outputs.get("se_logits") is not None:
+        terms["se"] = se_loss(outputs["se_logits"], labels)
+        total = total + se_weight * terms["se"]
     terms["total"] = total
     return total, terms

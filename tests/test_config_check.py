@@ -47,6 +47,7 @@ BAD_VALUES = [
     ("model.pretrained_scope", "head", "one of ['all', 'backbone']"),
     ("loss.name", "cross_entropyy", "unknown loss 'cross_entropyy'"),
     ("loss.aux_weight", -0.4, ">= 0"),
+    ("loss.se_weight", -0.2, ">= 0"),
     ("loss.options", "{not json", "config.loss.options is not valid JSON"),
     ("optimizer.name", "adam", "one of ['adamw', 'sgd']"),
     ("optimizer.learning_rate", -1.0, ">= 0 (0 freezes the weights)"),

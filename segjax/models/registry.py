@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 # The family modules, each with a ``MODELS`` dict at its bottom.
 FAMILIES: tuple[str, ...] = (
+    "segjax.models.attention",
     "segjax.models.bisenet",
     "segjax.models.deeplab",
     "segjax.models.enet",

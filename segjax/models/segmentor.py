@@ -41,7 +41,10 @@ class Segmentor(nn.Module):
     Attributes:
         backbone: ``__call__(x, *, train) -> dict[str, Array]``.
         neck: ``__call__(features, *, train) -> dict[str, Array]``, or None.
-        head: ``__call__(features, *, train) -> Array [B, h, w, K]``.
+        head: ``__call__(features, *, train) -> Array [B, h, w, K]``, or a dict with those
+            logits under ``"logits"`` and extra outputs for the loss (``"deep_supervision"``:
+            a list of logits ``[B, h', w', K]``; ``"se_logits"``: ``[B, K]``), which the
+            segmentor returns next to its logits, per-pixel ones resized to the input.
         aux_head: like ``head``, trained with an auxiliary loss; None for none.
     """
 
@@ -61,17 +64,28 @@ class Segmentor(nn.Module):
 
         Returns:
             ``{"logits": float32 [B, H, W, K]}``, plus ``"aux_logits"`` (same shape) when the
-            model has an auxiliary head.
+            model has an auxiliary head, and the head's extra outputs (float32).
         """
         size = image.shape[1:3]
         features = self.backbone(image, train=train)
         if self.neck is not None:
             features = self.neck(features, train=train)
+        head_out = self.head(features, train=train)
+        extras = {}
+        if isinstance(head_out, dict):
+            extras = {k: v for k, v in head_out.items() if k != "logits"}
+            head_out = head_out["logits"]
         # Resize in float32: bilinear weights in bfloat16 would band the upsampled logits.
-        outputs = {
-            "logits": resize_bilinear(self.head(features, train=train).astype(jnp.float32), size)
-        }
+        outputs = {"logits": resize_bilinear(head_out.astype(jnp.float32), size)}
+        for key, value in extras.items():
+            outputs[key] = jax.tree.map(lambda v: _to_output(v, size), value)
         if self.aux_head is not None:
             aux = self.aux_head(features, train=train).astype(jnp.float32)
             outputs["aux_logits"] = resize_bilinear(aux, size)
         return outputs
+
+
+def _to_output(x: Array, size) -> Array:
+    # A head's extra output in float32; per-pixel logits [B, h, w, K] resized to the input.
+    x = x.astype(jnp.float32)
+    return resize_bilinear(x, size) if x.ndim == 4 else x

@@ -51,9 +51,14 @@ def build_model(config: ml_collections.ConfigDict):
 
 
 def make_loss(
-    model, loss_fn: Callable[[jax.Array, jax.Array], jax.Array], *, aux_weight: float
+    model,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    *,
+    aux_weight: float,
+    se_weight: float = 0.2,
 ) -> Callable:
-    """The `Task.loss` of a segmentor: `loss_fn` on its main and auxiliary outputs.
+    """The `Task.loss` of a segmentor: `loss_fn` on its main and auxiliary outputs, plus
+    the semantic encoding loss (weight `se_weight`) when the model outputs `se_logits`.
 
     `batch["image"]` float [B, H, W, 3], `batch["label"]` int32 [B, H, W]; averaged over
     the valid pixels of the global batch (see `losses.segmentation_loss`). The step's
@@ -63,7 +68,7 @@ def make_loss(
     def loss(params, batch_stats, batch, rng):
         outputs, new_batch_stats = base.train_apply(model, params, batch_stats, batch["image"], rng)
         total, terms = losses.segmentation_loss(
-            outputs, batch["label"], loss_fn, aux_weight=aux_weight
+            outputs, batch["label"], loss_fn, aux_weight=aux_weight, se_weight=se_weight
         )
         return total, (new_batch_stats, terms)
 
@@ -284,7 +289,9 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         schedule=schedule,
         batch_spec=batch_spec,
         init_variables=lambda rng, batch: init_variables(model, rng, batch["image"].shape),
-        loss=make_loss(model, loss_fn, aux_weight=config.loss.aux_weight),
+        loss=make_loss(
+            model, loss_fn, aux_weight=config.loss.aux_weight, se_weight=config.loss.se_weight
+        ),
         train_batches=lambda source, per_process_batch, seed: pipeline.train_loader(
             config, source, per_process_batch=per_process_batch, seed=seed
         ),

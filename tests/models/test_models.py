@@ -45,6 +45,13 @@ TINY = [
     "lraspp_mobilenet_v3_tiny",
     "deeplabv3_mobilenet_v3_tiny",
     "bisenetv1_tiny",
+    "danet_tiny",  # PAM + CAM branches as deep supervision
+    "ccnet_tiny",
+    "emanet_tiny",
+    "encnet_tiny",  # se_logits [B, K] for the SE loss
+    "ran_tiny",
+    "pan_tiny",
+    "scale_attention_tiny",  # one shared network at three scales
 ]
 REQUIRED = {
     "deeplabv3plus_resnet50",
@@ -65,6 +72,18 @@ REQUIRED = {
     "segnet_vgg16",
     "deconvnet_vgg16",
 }
+
+
+# Outputs a head may add next to the per-pixel logits (``Segmentor``'s head contract):
+# ``deep_supervision`` (a list of logits at input size) and ``se_logits`` ([B, K]).
+EXTRA_OUTPUTS = {"deep_supervision", "se_logits"}
+
+
+def _pixel_outputs(out: dict) -> list:
+    """Every per-pixel logits array of a model's outputs, deep supervision included."""
+    return [v for k, v in out.items() if k not in EXTRA_OUTPUTS] + list(
+        out.get("deep_supervision", [])
+    )
 
 
 def _kwargs(name: str, aux: bool) -> dict:
@@ -108,8 +127,8 @@ def test_abstract_contract(name, dtype):
         lambda v, x: model.apply(v, x, train=False), variables, jax.ShapeDtypeStruct(shape, dtype)
     )
     expected = {"logits", "aux_logits"} if name != "pixel_mlp" else {"logits"}
-    assert set(out) == expected
-    for v in out.values():
+    assert set(out) - EXTRA_OUTPUTS == expected
+    for v in _pixel_outputs(out):
         assert v.shape == (2, 33, 47, NUM_CLASSES)
         assert v.dtype == jnp.float32
 
@@ -119,7 +138,7 @@ def test_abstract_contract(name, dtype):
 def test_forward_odd_sizes(name, size):
     model, variables = _tiny(name)
     out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, _images((2, *size, 3)))
-    for v in out.values():
+    for v in _pixel_outputs(out):
         assert v.shape == (2, *size, NUM_CLASSES)
         assert v.dtype == jnp.float32
         assert np.isfinite(np.asarray(v)).all()
@@ -156,9 +175,14 @@ def test_every_parameter_gets_a_gradient(name):
             mutable=["batch_stats"],
             rngs={"dropout": jax.random.key(3)},
         )
-        return sum(
-            optax.softmax_cross_entropy_with_integer_labels(v, labels).mean() for v in out.values()
+        loss = sum(
+            optax.softmax_cross_entropy_with_integer_labels(v, labels).mean()
+            for v in _pixel_outputs(out)
         )
+        if "se_logits" in out:  # EncNet's "which classes are present" logits [B, K]
+            present = jax.nn.one_hot(labels, NUM_CLASSES).max(axis=(1, 2))
+            loss = loss + optax.sigmoid_binary_cross_entropy(out["se_logits"], present).mean()
+        return loss
 
     grads = jax.jit(jax.grad(loss_fn))(variables["params"])
     flat = jax.tree_util.tree_flatten_with_path(grads)[0]
