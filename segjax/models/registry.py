@@ -40,10 +40,13 @@ import jax.numpy as jnp
 
 # The family modules, each with a ``MODELS`` dict at its bottom.
 FAMILIES: tuple[str, ...] = (
+    "segjax.models.context",
     "segjax.models.deeplab",
     "segjax.models.fcn",
+    "segjax.models.hrnet",
     "segjax.models.linknet",
     "segjax.models.mmseg_layouts",
+    "segjax.models.ocrnet",
     "segjax.models.pyramid",
     "segjax.models.segnet",
     "segjax.models.unet",
