@@ -36,3 +36,11 @@ def check_aspp_stride(output_stride: int) -> int:
     if output_stride not in ASPP_RATES:
         raise ValueError(f"output_stride must be one of {sorted(ASPP_RATES)}, got {output_stride}")
     return output_stride
+
+
+def check_stride_choice(name: str, output_stride: int | None, allowed: tuple[int, ...]) -> int:
+    """``output_stride`` if it is one of ``allowed``; None gives ``allowed[0]`` (the default)."""
+    stride = output_stride or allowed[0]
+    if stride not in allowed:
+        raise ValueError(f"{name}: output_stride must be one of {allowed}, got {output_stride}")
+    return stride

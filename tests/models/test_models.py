@@ -52,6 +52,12 @@ TINY = [
     "ran_tiny",
     "pan_tiny",
     "scale_attention_tiny",  # one shared network at three scales
+    "fcn_hr_tiny",  # HRNetV2 (8-64 channels, one module per stage) + FCN head
+    "ocrnet_tiny",  # OCR head on HRNet-tiny (soft regions = aux logits)
+    "upernet_tiny",
+    "denseaspp_tiny",
+    "duc_hdc_tiny",  # pixel-shuffled logits cropped to odd sizes
+    "refinenet_tiny",
 ]
 REQUIRED = {
     "deeplabv3plus_resnet50",

@@ -141,6 +141,9 @@ class ResNet(nn.Module):
         multi_grid: per-block dilation multipliers for the last stage, one per block
             (DeepLabv3 uses ``(1, 2, 4)`` on ResNet-50/101's three-block stage 4).
         zero_init_residual: start each block's last BN scale at 0 (Goyal et al., 2017).
+        block_dilations: per stage, None or absolute dilation rates cycled over its blocks
+            (DUC-HDC's hybrid dilated convolution: ``(None, None, (1, 2, 3), (5, 9, 17))``);
+            they replace the rates above for that stage.
         dtype: compute dtype (``bfloat16`` for mixed precision); parameters are float32.
     """
 
@@ -152,6 +155,7 @@ class ResNet(nn.Module):
     output_stride: int = 32
     multi_grid: Sequence[int] | None = None
     zero_init_residual: bool = False
+    block_dilations: Sequence[Sequence[int] | None] | None = None
     dtype: jnp.dtype = jnp.float32
 
     def feature_channels(self) -> dict[str, int]:
@@ -172,6 +176,11 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"multi_grid {tuple(self.multi_grid)} needs one rate per block of the last "
                 f"stage ({self.stage_sizes[-1]} blocks)"
+            )
+        if self.block_dilations is not None and len(self.block_dilations) != 4:
+            raise ValueError(
+                f"block_dilations needs one entry (None or rates) per stage, got "
+                f"{self.block_dilations}"
             )
 
     @nn.compact
@@ -213,6 +222,9 @@ class ResNet(nn.Module):
                 else:
                     # As torchvision: the first block still sees the previous dilation.
                     block_dilation = previous_dilation if j == 0 else dilation
+                if self.block_dilations is not None and self.block_dilations[i] is not None:
+                    rates = self.block_dilations[i]
+                    block_dilation = rates[j % len(rates)]
                 x = self.block_cls(
                     features=self.base_width * 2**i,
                     strides=block_stride if j == 0 else 1,
