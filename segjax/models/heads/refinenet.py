@@ -30,7 +30,16 @@ from segjax.models.layers import Classifier, Conv2D, max_pool, resize_bilinear
 Array = jax.Array
 
 
-def _conv(features: int, bias: bool, dtype, name: str) -> Conv2D:
+# Residual branches (an RCU's second conv, CRP's convs) start small: with no normalisation
+# in the refinement path, He-initialised branches double the activations' scale at every
+# sum, and a from-scratch RefineNet-tiny's loss reached 75 by step 100 (the paper starts
+# from an ImageNet ResNet and a 1e-4 learning rate).
+_BRANCH_INIT = nn.initializers.variance_scaling(0.02, "fan_in", "normal")
+
+
+def _conv(features: int, bias: bool, dtype, name: str, branch: bool = False) -> Conv2D:
+    if branch:
+        return Conv2D(features, 3, use_bias=bias, kernel_init=_BRANCH_INIT, dtype=dtype, name=name)
     return Conv2D(features, 3, use_bias=bias, dtype=dtype, name=name)
 
 
@@ -44,7 +53,7 @@ class ResidualConvUnit(nn.Module):
         """``[B, h, w, C] -> [B, h, w, C]``."""
         c = x.shape[-1]
         y = _conv(c, True, self.dtype, "conv1")(nn.relu(x))
-        return x + _conv(c, False, self.dtype, "conv2")(nn.relu(y))
+        return x + _conv(c, False, self.dtype, "conv2", branch=True)(nn.relu(y))
 
 
 class ChainedResidualPool(nn.Module):
@@ -60,7 +69,7 @@ class ChainedResidualPool(nn.Module):
         path = x
         for i in range(self.pool_blocks):
             path = max_pool(path, 5, 1, ((2, 2), (2, 2)))
-            path = _conv(x.shape[-1], False, self.dtype, f"conv{i}")(path)
+            path = _conv(x.shape[-1], False, self.dtype, f"conv{i}", branch=True)(path)
             x = x + path
         return x
 
