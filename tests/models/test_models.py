@@ -8,6 +8,7 @@ stays fast on 2 CPU cores.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
 import jax
@@ -92,6 +93,24 @@ def _pixel_outputs(out: dict) -> list:
     )
 
 
+# The families added on 2026-12-02 (zoo II, attention, real-time): their contract tests
+# beyond one forward pass (bfloat16, gradients, the second odd size, and the bfloat16
+# abstract check of the full-size models) compile for minutes in all on 2 CPU cores, so
+# they run under `pytest -m slow`; the fast suite keeps a jitted forward of each tiny one
+# and the float32 abstract check of every model.
+_LATER_FAMILIES = ("attention", "bisenet", "context", "enet", "hrnet", "lraspp", "ocrnet")
+LATER = {
+    name
+    for family in _LATER_FAMILIES
+    for name in importlib.import_module(f"segjax.models.{family}").MODELS
+}
+
+
+def _slow_if_later(names):
+    """`names` as pytest params, those of the later families marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in LATER else n for n in names]
+
+
 def _kwargs(name: str, aux: bool) -> dict:
     return {"aux_head": True} if aux and name != "pixel_mlp" else {}
 
@@ -119,8 +138,14 @@ def test_required_models_are_registered():
     assert set(MODELS) >= REQUIRED
 
 
-@pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+    "name, dtype",
+    [(n, jnp.float32) for n in ALL]
+    + [
+        pytest.param(n, jnp.bfloat16, marks=pytest.mark.slow) if n in LATER else (n, jnp.bfloat16)
+        for n in ALL
+    ],
+)
 def test_abstract_contract(name, dtype):
     """Every model, abstractly: collections, float32 params, float32 logits at input size."""
     model = build_model(name, num_classes=NUM_CLASSES, dtype=dtype, **_kwargs(name, True))
@@ -139,8 +164,14 @@ def test_abstract_contract(name, dtype):
         assert v.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("size", [(33, 47), (97, 131)])
+@pytest.mark.parametrize(
+    "name, size",
+    [(n, (33, 47)) for n in TINY]
+    + [
+        pytest.param(n, (97, 131), marks=pytest.mark.slow) if n in LATER else (n, (97, 131))
+        for n in TINY
+    ],
+)
 def test_forward_odd_sizes(name, size):
     model, variables = _tiny(name)
     out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, _images((2, *size, 3)))
@@ -150,7 +181,7 @@ def test_forward_odd_sizes(name, size):
         assert np.isfinite(np.asarray(v)).all()
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", _slow_if_later(TINY))
 def test_bfloat16_compute_float32_outputs(name):
     """bf16 compute: params and stats stay float32, logits come out float32, close to fp32."""
     shape = (2, 33, 47, 3)
@@ -165,7 +196,7 @@ def test_bfloat16_compute_float32_outputs(name):
     np.testing.assert_allclose(out16, out32, atol=0.1 * float(jnp.abs(out32).max()) + 1e-3)
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", _slow_if_later(TINY))
 def test_every_parameter_gets_a_gradient(name):
     """Train mode, random labels, mean cross-entropy (+ aux): no dead parameter."""
     model, variables = _tiny(name)

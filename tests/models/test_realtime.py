@@ -87,6 +87,7 @@ def test_enet_options_are_checked():
         build_model("enet", num_classes=3, output_stride=16)
 
 
+@pytest.mark.slow  # compiles ENet's unpooling forward, bf16 and gradient: minutes on 2 cores
 def test_enet_contract():
     """The shared contract with SegNet's bf16 check: max-unpooling moves values on bf16 ties."""
     from tests.models.test_zoo_fcn_segnet import test_unpooling_models_contract
