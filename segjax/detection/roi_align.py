@@ -59,11 +59,13 @@ def _align_flat(
     output_size: tuple[int, int],
     sampling_ratio: int,
     aligned: bool,
+    channels: Array | None = None,
 ) -> Array:
     """RoIAlign of `boxes` `[B, R, 4]` from `flat` `[B, N, C]` (levels concatenated).
 
     `heights`, `widths`, `offsets` (first flat index of the level) and `scales`
-    (spatial scale): `[B, R]`, the level each box reads.
+    (spatial scale): `[B, R]`, the level each box reads. With `channels` `[B, R]` int,
+    box `r` reads only channel `channels[b, r]` (output channel dim 1).
     """
     ph, pw = output_size
     s = sampling_ratio
@@ -80,10 +82,14 @@ def _align_flat(
     base = offsets[..., None, None]
     w = widths[..., None, None]
 
+    source = flat if channels is None else flat.reshape(flat.shape[0], -1)
+
     def tap(ys, xs):
         index = base + ys[..., :, None] * w + xs[..., None, :]  # [B, R, ph*s, pw*s]
-        got = jax.vmap(lambda f, i: f[i])(flat, index.reshape(index.shape[0], -1))
-        return got.reshape(*index.shape, flat.shape[-1])
+        if channels is not None:
+            index = index * flat.shape[-1] + channels[..., None, None]
+        got = jax.vmap(lambda f, i: f[i])(source, index.reshape(index.shape[0], -1))
+        return got.reshape(*index.shape, -1)
 
     def weight(wy, wx):
         return (wy[..., :, None] * wx[..., None, :])[..., None]
@@ -95,7 +101,7 @@ def _align_flat(
         + weight(wy_hi, wx_hi) * tap(y_hi, x_hi)
     )
     b, r = boxes.shape[:2]
-    out = out.reshape(b, r, ph, s, pw, s, flat.shape[-1])
+    out = out.reshape(b, r, ph, s, pw, s, out.shape[-1])
     return jnp.mean(out, axis=(3, 5))
 
 
@@ -131,6 +137,43 @@ def roi_align(
         aligned,
     )
     return out.astype(features.dtype)
+
+
+def roi_align_channel(
+    features: Array,
+    boxes: Array,
+    channels: Array,
+    output_size: Sequence[int],
+    *,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 2,
+    aligned: bool = True,
+) -> Array:
+    """`[B, R, ph, pw]` float32: RoIAlign of box `r` from channel `channels[b, r]` only.
+
+    `features` `[B, H, W, G]` (e.g. an image's G ground-truth masks), `boxes` `[B, R, 4]`,
+    `channels` `[B, R]` int in `[0, G)`. Equals `roi_align(...)[..., channel]` without
+    sampling the other channels (Mask R-CNN's mask targets, torchvision's
+    `project_masks_on_boxes`).
+    """
+    if sampling_ratio <= 0:
+        raise ValueError(f"sampling_ratio={sampling_ratio}: expected >= 1 (static sample count)")
+    b, h, w, g = features.shape
+    r = boxes.shape[1]
+    full = lambda v, dtype: jnp.full((b, r), v, dtype)
+    out = _align_flat(
+        features.reshape(b, h * w, g).astype(jnp.float32),
+        boxes.astype(jnp.float32),
+        full(h, jnp.int32),
+        full(w, jnp.int32),
+        full(0, jnp.int32),
+        full(spatial_scale, jnp.float32),
+        tuple(output_size),
+        sampling_ratio,
+        aligned,
+        channels=jnp.clip(channels, 0, g - 1).astype(jnp.int32),
+    )
+    return out[..., 0]
 
 
 def fpn_levels(

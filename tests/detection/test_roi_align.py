@@ -196,3 +196,18 @@ def test_multilevel_roi_align_reads_each_box_from_its_level():
             level = levels[b, r]
             ref = _reference(feats[level][b], boxes[b, r], (3, 3), 1 / strides[level], 2, True)
             np.testing.assert_allclose(got[b, r], ref, atol=1e-5)
+
+
+def test_roi_align_channel_equals_roi_align_of_that_channel():
+    f = _features()
+    boxes = _batched_boxes()
+    channels = np.array([[1, 0], [0, 1]])
+    got = np.asarray(
+        ra.roi_align_channel(
+            jnp.asarray(f), jnp.asarray(boxes), jnp.asarray(channels), (2, 3), spatial_scale=0.5
+        )
+    )
+    full = np.asarray(ra.roi_align(jnp.asarray(f), jnp.asarray(boxes), (2, 3), spatial_scale=0.5))
+    for b in range(B):
+        for r in range(2):
+            np.testing.assert_allclose(got[b, r], full[b, r, ..., channels[b, r]], atol=1e-6)
