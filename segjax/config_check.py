@@ -145,6 +145,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     """Key -> (is the value allowed, what is allowed), for every key of `base_config()`."""
     from segjax import inference, sharding, tasks
     from segjax.data import datasets
+    from segjax.models.mask_rcnn import INSTANCE_MODELS
     from segjax.models.registry import MODELS
     from segjax.weights.pretrained import SCOPES
 
@@ -173,7 +174,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "input.eval_pad_size": _pair(hw, 1),
         "input.worker_count": _int(0),
         "input.prefetch": _int(1),
-        "model.name": _choice(MODELS),
+        "model.name": _choice({**MODELS, **INSTANCE_MODELS}),  # which one: the task's
         "model.output_stride": (
             lambda v: v is None or (_is_int(v) and v in OUTPUT_STRIDES),
             f"None (the model's default) or one of {list(OUTPUT_STRIDES[1:])}",
@@ -224,6 +225,13 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "classification.min_pixels": _int(1),
         "classification.background_class": _int(-1),
         "classification.dropout": _number(0, 1, hi_open=True),
+        # config.instance (segjax/tasks/instance.py), when the task has it.
+        "instance.max_instances": _int(1),
+        "instance.min_sizes": _sequence(None, _int(1), "shorter-side sizes"),
+        "instance.max_size": _int(1),
+        "instance.test_size": _int(1),
+        "instance.mask_threshold": _number(0, 1, lo_open=True, hi_open=True),
+        "instance.vis_score_threshold": _number(0, 1),
     }
 
 
@@ -339,6 +347,21 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
             out.append(
                 f"config.classification.background_class={bg}: expected -1 (none) or a "
                 f"class in [0, {k})"
+            )
+    if has("model.name", "task"):
+        from segjax.models.mask_rcnn import INSTANCE_MODELS
+
+        is_instance = v["model.name"] in INSTANCE_MODELS
+        if is_instance != (v["task"] == "instance"):
+            kind = "an instance model" if is_instance else "a segmentation model"
+            wanted = (
+                f"one of {sorted(INSTANCE_MODELS)}"
+                if v["task"] == "instance"
+                else "a model of segjax.models.MODELS"
+            )
+            out.append(
+                f"config.model.name={v['model.name']!r}: {kind}, but config.task="
+                f"{v['task']!r} needs {wanted}"
             )
     if has("loss.name"):
         out += _loss_problems(v)

@@ -32,6 +32,7 @@ from segjax.data.builders import (
     pascal_context,
     pascal_voc,
     segjax_shapes,
+    segjax_shapes_instances,
 )
 
 
@@ -81,6 +82,18 @@ DATASETS: dict[str, DatasetSpec] = {
         palette=tuple(tuple(c) for c in segjax_shapes.PALETTE),
         is_prepared=segjax_shapes.is_prepared,
         configs=tuple(c.name for c in segjax_shapes.SegjaxShapes.BUILDER_CONFIGS),
+    ),
+    # Instance segmentation (config.task = "instance"): the shapes with instance ids.
+    "segjax_shapes_instances": DatasetSpec(
+        prepare=lambda data_dir, config, manual_dir=None: segjax_shapes_instances.prepare(
+            data_dir, config
+        ),
+        class_names=tuple(segjax_shapes_instances.CLASS_NAMES),
+        palette=tuple(tuple(c) for c in segjax_shapes_instances.PALETTE),
+        is_prepared=segjax_shapes_instances.is_prepared,
+        configs=tuple(
+            c.name for c in segjax_shapes_instances.SegjaxShapesInstances.BUILDER_CONFIGS
+        ),
     ),
     "voc": _real(
         pascal_voc,

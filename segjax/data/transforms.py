@@ -19,12 +19,22 @@ import numpy as np
 Sample = dict[str, Any]
 
 
+# Instance datasets' keys, kept by `decode_record` (segjax.data.instances decodes them).
+INSTANCE_KEYS = ("instances", "masks", "classes", "boxes", "crowd")
+
+
 def decode_record(record: dict[str, Any]) -> Sample:
-    """A tfds record -> `{"image": uint8 [H,W,3], "label": int32 [H,W]}`."""
-    label = np.asarray(record["label"])
+    """A tfds record -> `{"image": uint8 [H,W,3], "label": int32 [H,W]}`.
+
+    An instance dataset's record also keeps its `INSTANCE_KEYS`; one without a semantic
+    label (COCO instances) gets an all-zero `label`.
+    """
+    image = np.asarray(record["image"])
+    label = np.asarray(record["label"]) if "label" in record else np.zeros(image.shape[:2])
     if label.ndim == 3:
         label = label[..., 0]
-    return {"image": np.asarray(record["image"]), "label": label.astype(np.int32)}
+    extra = {k: np.asarray(record[k]) for k in INSTANCE_KEYS if k in record}
+    return {"image": image, "label": label.astype(np.int32), **extra}
 
 
 def resize(sample: Sample, height: int, width: int) -> Sample:

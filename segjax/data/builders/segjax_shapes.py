@@ -203,22 +203,29 @@ def _draw_clutter(rng: np.random.Generator, image: np.ndarray) -> None:
             cv2.fillPoly(image, _fixed([pts]), colour, cv2.LINE_AA, _SHIFT)
 
 
-def render_sample(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(
+    rng: np.random.Generator, image_size: int, *, with_instances: bool = False
+) -> tuple[np.ndarray, ...]:
     """Renders one image and its label map; a pure function of ``rng``'s state.
 
     Args:
-        rng: the random generator; it is advanced.
+        rng: the random generator; it is advanced (the same way with or without
+            ``with_instances``, so both give the same image and label).
         image_size: side ``S`` of the square image in pixels.
+        with_instances: also return the instance map.
 
     Returns:
         ``(image, label)``: ``image`` uint8 [S, S, 3] (RGB), ``label`` uint8 [S, S] with
-        values in ``[0, NUM_CLASSES)``, 0 being background (clutter included).
+        values in ``[0, NUM_CLASSES)``, 0 being background (clutter included); with
+        ``with_instances``, ``(image, label, instances)``: ``instances`` uint8 [S, S],
+        ``k`` where the k-th drawn object (1-based) is on top, 0 elsewhere.
     """
     size = int(image_size)
     image = _texture(rng, size)
     _draw_clutter(rng, image)
     label = np.zeros((size, size), np.uint8)
-    for _ in range(int(rng.integers(_MIN_OBJECTS, _MAX_OBJECTS + 1))):
+    instances = np.zeros((size, size), np.uint8)
+    for k in range(int(rng.integers(_MIN_OBJECTS, _MAX_OBJECTS + 1))):
         cls = int(rng.integers(1, NUM_CLASSES))
         radius = size * rng.uniform(_MIN_RADIUS, _MAX_RADIUS)
         center = rng.uniform(-0.1, 1.1, 2) * size
@@ -227,9 +234,12 @@ def render_sample(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray
         alpha = _draw_mask(size, polys, holes, antialias=True).astype(np.float32)[..., None]
         alpha *= 1.0 / 255.0
         image = image * (1.0 - alpha) + texture * alpha
-        label[_draw_mask(size, polys, holes, antialias=False) > 0] = cls
+        drawn = _draw_mask(size, polys, holes, antialias=False) > 0
+        label[drawn] = cls
+        instances[drawn] = k + 1
     image += rng.normal(0.0, rng.uniform(2.0, 6.0), image.shape).astype(np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return (image, label, instances) if with_instances else (image, label)
 
 
 # ---------------------------------------------------------------------------- builder
