@@ -46,3 +46,13 @@ def eval_cli():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def panoptic_data_dir(tmp_path_factory):
+    """A data dir holding the `tiny` segjax_shapes_panoptic dataset, prepared once."""
+    from segjax.data.builders import segjax_shapes_panoptic
+
+    data_dir = str(tmp_path_factory.mktemp("panoptic_datasets"))
+    segjax_shapes_panoptic.prepare(data_dir, "tiny")
+    return data_dir

@@ -33,6 +33,7 @@ from segjax.data.builders import (
     pascal_voc,
     segjax_shapes,
     segjax_shapes_instances,
+    segjax_shapes_panoptic,
 )
 
 
@@ -94,6 +95,15 @@ DATASETS: dict[str, DatasetSpec] = {
         configs=tuple(
             c.name for c in segjax_shapes_instances.SegjaxShapesInstances.BUILDER_CONFIGS
         ),
+    ),
+    "segjax_shapes_panoptic": DatasetSpec(
+        prepare=lambda data_dir, config, manual_dir=None: segjax_shapes_panoptic.prepare(
+            data_dir, config
+        ),
+        class_names=tuple(segjax_shapes_panoptic.CLASS_NAMES),
+        palette=tuple(tuple(c) for c in segjax_shapes_panoptic.PALETTE),
+        is_prepared=segjax_shapes_panoptic.is_prepared,
+        configs=tuple(c.name for c in segjax_shapes_panoptic.SegjaxShapesPanoptic.BUILDER_CONFIGS),
     ),
     "voc": _real(
         pascal_voc,
@@ -235,3 +245,19 @@ def data_source(dataset_config: ml_collections.ConfigDict, split: str):
     if split not in splits:
         raise KeyError(f"Split {split!r} not in dataset {dataset_config.name!r}; has {splits}")
     return builder.as_data_source(split)
+
+
+def thing_classes(dataset_config: ml_collections.ConfigDict) -> tuple[bool, ...]:
+    """A bool per class of a panoptic dataset: True for a thing (countable) class.
+
+    Read from the prepared data's metadata (`thing_classes`); a dataset without it is
+    not a panoptic dataset, and that is an error naming it.
+    """
+    metadata = prepared_builder(dataset_config).info.metadata
+    if "thing_classes" not in metadata:
+        raise ValueError(
+            f"dataset {dataset_config.name!r} (config {dataset_config.config!r}) has no "
+            "thing/stuff split of its classes: it is not a panoptic dataset (panoptic ones: "
+            "'segjax_shapes_panoptic', 'coco_panoptic', 'cityscapes_panoptic')"
+        )
+    return tuple(bool(t) for t in metadata["thing_classes"])

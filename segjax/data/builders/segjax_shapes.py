@@ -86,15 +86,18 @@ _SHIFT = 4  # Sub-pixel bits for cv2 drawing (coordinates scaled by 2**_SHIFT).
 # --------------------------------------------------------------------------- textures
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+def _texture(rng: np.random.Generator, size: int, kind: int | None = None) -> np.ndarray:
     """Returns a random texture, float32 [size, size, 3] in [0, 255].
 
-    The kinds (flat, stripes, checker, smooth noise, gradient) and the two colours
-    come from one distribution used for every object class and for the background.
+    The kinds (0 flat, 1 stripes, 2 checker, 3 smooth noise, 4 gradient) and the two
+    colours come from one distribution used for every object class and for the
+    background. ``kind`` forces the kind (the draw that would pick it is still made, so
+    the stream of random numbers is the same).
     """
     c1 = rng.uniform(0.0, 255.0, 3).astype(np.float32)
     c2 = rng.uniform(0.0, 255.0, 3).astype(np.float32)
-    kind = rng.integers(5)
+    drawn = rng.integers(5)
+    kind = drawn if kind is None else kind
     if kind == 0:  # flat
         return np.broadcast_to(c1, (size, size, 3)).copy()
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -298,6 +301,7 @@ class SegjaxShapes(tfds.core.GeneratorBasedBuilder):
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
+    DESCRIPTION = __doc__.splitlines()[0]
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -307,28 +311,33 @@ class SegjaxShapes(tfds.core.GeneratorBasedBuilder):
         for any builder defined inside a package."""
         return epath.Path(__file__)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.image_size
-        return self.dataset_info_from_configs(
-            description=__doc__.splitlines()[0],
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-                    "label": tfds.features.Image(
-                        shape=(size, size, 1), dtype=np.uint8, encoding_format="png"
-                    ),
-                    "id": tfds.features.Scalar(dtype=np.int64),
-                }
+    def _features(self, size: int) -> dict[str, tfds.features.FeatureConnector]:
+        """The record's features for images of side ``size`` (a subclass adds its own)."""
+        return {
+            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+            "label": tfds.features.Image(
+                shape=(size, size, 1), dtype=np.uint8, encoding_format="png"
             ),
+            "id": tfds.features.Scalar(dtype=np.int64),
+        }
+
+    def _metadata(self) -> dict:
+        """``builder.info.metadata`` (a subclass adds its own keys)."""
+        return dict(
+            num_classes=NUM_CLASSES,
+            class_names=list(CLASS_NAMES),
+            palette=[list(c) for c in PALETTE],
+            seed=self.builder_config.seed,
+            split_ids=dict(SPLIT_IDS),
+        )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description=self.DESCRIPTION,
+            features=tfds.features.FeaturesDict(self._features(self.builder_config.image_size)),
             supervised_keys=("image", "label"),
             disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(
-                num_classes=NUM_CLASSES,
-                class_names=list(CLASS_NAMES),
-                palette=[list(c) for c in PALETTE],
-                seed=self.builder_config.seed,
-                split_ids=dict(SPLIT_IDS),
-            ),
+            metadata=tfds.core.MetadataDict(self._metadata()),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
@@ -355,19 +364,26 @@ class SegjaxShapes(tfds.core.GeneratorBasedBuilder):
 # ---------------------------------------------------------------------- preparation
 
 
-def dataset_dir(data_dir: str | os.PathLike, config: str = "default") -> str:
-    """Returns ``<data_dir>/segjax_shapes/<config>/<VERSION>``, the prepared dataset's dir."""
-    return os.path.join(os.fspath(data_dir), "segjax_shapes", config, VERSION)
+def dataset_dir(
+    data_dir: str | os.PathLike, config: str = "default", builder_cls: type | None = None
+) -> str:
+    """Returns ``<data_dir>/<name>/<config>/<version>``, the prepared dataset's dir
+    (``segjax_shapes`` and ``VERSION``, or those of another builder class)."""
+    builder_cls = builder_cls or SegjaxShapes
+    name, version = builder_cls.name, str(builder_cls.VERSION)
+    return os.path.join(os.fspath(data_dir), name, config, version)
 
 
-def is_prepared(data_dir: str | os.PathLike, config: str = "default") -> bool:
+def is_prepared(
+    data_dir: str | os.PathLike, config: str = "default", builder_cls: type | None = None
+) -> bool:
     """Whether ``config`` is completely prepared under ``data_dir``.
 
     Complete means: ``dataset_info.json`` and ``features.json`` exist (tfds writes them
     last, into a temporary dir that is renamed at the end) and every split file the
     info lists is there.
     """
-    path = dataset_dir(data_dir, config)
+    path = dataset_dir(data_dir, config, builder_cls)
     if not all(
         os.path.isfile(os.path.join(path, f)) for f in ("dataset_info.json", "features.json")
     ):
@@ -383,7 +399,9 @@ def is_prepared(data_dir: str | os.PathLike, config: str = "default") -> bool:
     return True
 
 
-def prepare(data_dir: str | os.PathLike, config: str = "default") -> tfds.core.DatasetBuilder:
+def prepare(
+    data_dir: str | os.PathLike, config: str = "default", builder_cls: type | None = None
+) -> tfds.core.DatasetBuilder:
     """Prepares ``segjax_shapes/<config>`` in ``array_record`` format, unless already done.
 
     Offline: nothing is downloaded and GCS is never consulted. A left-over, incomplete
@@ -393,16 +411,19 @@ def prepare(data_dir: str | os.PathLike, config: str = "default") -> tfds.core.D
     Args:
         data_dir: root data directory (the dataset lands in ``dataset_dir(data_dir, config)``).
         config: builder config name, ``"default"`` or ``"tiny"``.
+        builder_cls: another generated dataset's builder (``segjax_shapes_panoptic``);
+            default ``SegjaxShapes``.
 
     Returns:
         The builder, ready for ``builder.as_data_source(split)``.
     """
+    builder_cls = builder_cls or SegjaxShapes
     data_dir = os.fspath(data_dir)
-    path = dataset_dir(data_dir, config)
-    if not is_prepared(data_dir, config) and os.path.exists(path):
+    path = dataset_dir(data_dir, config, builder_cls)
+    if not is_prepared(data_dir, config, builder_cls) and os.path.exists(path):
         shutil.rmtree(path)
-    builder = SegjaxShapes(config=config, data_dir=data_dir)
-    if not is_prepared(data_dir, config):
+    builder = builder_cls(config=config, data_dir=data_dir)
+    if not is_prepared(data_dir, config, builder_cls):
         builder.download_and_prepare(
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(
@@ -410,5 +431,5 @@ def prepare(data_dir: str | os.PathLike, config: str = "default") -> tfds.core.D
                 download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
             ),
         )
-        builder = SegjaxShapes(config=config, data_dir=data_dir)
+        builder = builder_cls(config=config, data_dir=data_dir)
     return builder
