@@ -146,6 +146,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     from segjax import inference, sharding, tasks
     from segjax.data import datasets
     from segjax.models.registry import MODELS
+    from segjax.tasks import adversarial
     from segjax.weights.pretrained import SCOPES
 
     hw = "(height, width)"
@@ -224,6 +225,15 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "classification.min_pixels": _int(1),
         "classification.background_class": _int(-1),
         "classification.dropout": _number(0, 1, hi_open=True),
+        # config.adversarial (segjax/tasks/adversarial.py), when the task has it.
+        "adversarial.discriminator": _choice(adversarial.DISCRIMINATORS),
+        "adversarial.features": _int(1),
+        "adversarial.adv_weight": _number(0),
+        "adversarial.gt_encoding": _choice(adversarial.GT_ENCODINGS),
+        "adversarial.scaling_tau": _number(0, 1, lo_open=True),
+        "adversarial.optimizer": _choice(("sgd", "adamw")),
+        "adversarial.learning_rate": _number(0),
+        "adversarial.weight_decay": _number(0),
     }
 
 
@@ -340,8 +350,34 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 f"config.classification.background_class={bg}: expected -1 (none) or a "
                 f"class in [0, {k})"
             )
+    out += _adversarial_problems(v)
     if has("loss.name"):
         out += _loss_problems(v)
+    return out
+
+
+def _adversarial_problems(v: dict[str, Any]) -> list[str]:
+    # The adversarial task: its block, a segmentor-only pretrained file, the size that
+    # Hung et al.'s discriminator needs.
+    if v.get("task") != "adversarial":
+        return []
+    out = []
+    if "adversarial.discriminator" not in v:
+        out.append(
+            "config.task='adversarial': expected a config.adversarial block "
+            "(segjax.tasks.adversarial.config_block())"
+        )
+    if v.get("model.pretrained"):
+        out.append(
+            f"config.model.pretrained={v['model.pretrained']!r}: expected '' with "
+            "config.task='adversarial' (a file for the segmentor alone is not supported yet)"
+        )
+    crop = v.get("input.crop_size", (32, 32))
+    if v.get("adversarial.discriminator") == "fcn" and min(crop) < 32:
+        out.append(
+            f"config.input.crop_size={_show(crop)}: expected at least "
+            "(32, 32) with config.adversarial.discriminator='fcn' (five stride-2 convs)"
+        )
     return out
 
 
