@@ -234,6 +234,14 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "adversarial.optimizer": _choice(("sgd", "adamw")),
         "adversarial.learning_rate": _number(0),
         "adversarial.weight_decay": _number(0),
+        "adversarial.labelled_fraction": _number(0, 1, lo_open=True),
+        "adversarial.split_seed": _int(0),
+        "adversarial.unlabelled_list": _string(),
+        "adversarial.unlabelled_batch_size": _int(0),
+        "adversarial.unlabelled_adv_weight": _number(0),
+        "adversarial.semi_weight": _number(0),
+        "adversarial.semi_threshold": _number(0, 1, hi_open=True),
+        "adversarial.semi_start_step": _int(0),
     }
 
 
@@ -350,13 +358,13 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 f"config.classification.background_class={bg}: expected -1 (none) or a "
                 f"class in [0, {k})"
             )
-    out += _adversarial_problems(v)
+    out += _adversarial_problems(v, num_devices)
     if has("loss.name"):
         out += _loss_problems(v)
     return out
 
 
-def _adversarial_problems(v: dict[str, Any]) -> list[str]:
+def _adversarial_problems(v: dict[str, Any], num_devices: int) -> list[str]:
     # The adversarial task: its block, a segmentor-only pretrained file, the size that
     # Hung et al.'s discriminator needs.
     if v.get("task") != "adversarial":
@@ -371,6 +379,19 @@ def _adversarial_problems(v: dict[str, Any]) -> list[str]:
         out.append(
             f"config.model.pretrained={v['model.pretrained']!r}: expected '' with "
             "config.task='adversarial' (a file for the segmentor alone is not supported yet)"
+        )
+    ub = v.get("adversarial.unlabelled_batch_size", 0)
+    if ub % num_devices:
+        out.append(
+            f"config.adversarial.unlabelled_batch_size={ub}: expected a multiple of the "
+            f"number of devices ({num_devices}), so that the batch splits evenly over them"
+        )
+    disc = v.get("adversarial.discriminator", "fcn")
+    if ub and v.get("adversarial.semi_weight", 0) > 0 and disc != "fcn":
+        out.append(
+            f"config.adversarial.semi_weight={v['adversarial.semi_weight']:g}: expected 0 "
+            f"with config.adversarial.discriminator={disc!r}; the semi-supervised term "
+            "needs the per-pixel confidence of 'fcn'"
         )
     crop = v.get("input.crop_size", (32, 32))
     if v.get("adversarial.discriminator") == "fcn" and min(crop) < 32:

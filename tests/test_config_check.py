@@ -91,6 +91,14 @@ BAD_VALUES = [
     ("adversarial.optimizer", "adam", "one of ['adamw', 'sgd']"),
     ("adversarial.learning_rate", -1e-4, ">= 0"),
     ("adversarial.weight_decay", float("inf"), ">= 0"),
+    ("adversarial.labelled_fraction", 0.0, "> 0 and <= 1"),
+    ("adversarial.split_seed", -1, "integer >= 0"),
+    ("adversarial.unlabelled_list", None, "a string"),
+    ("adversarial.unlabelled_batch_size", -8, "integer >= 0"),
+    ("adversarial.unlabelled_adv_weight", -1.0, ">= 0"),
+    ("adversarial.semi_weight", "0.1", "a finite number >= 0"),
+    ("adversarial.semi_threshold", 1.0, ">= 0 and < 1"),
+    ("adversarial.semi_start_step", 0.5, "integer >= 0"),
 ]
 
 
@@ -138,6 +146,7 @@ def _config_files():
     args = {"folder": ["classes=3"], "default": [None, "tiny"], "classify_shapes": [None, "tiny"]}
     args["voc"] = [None, "aug"]
     args["adversarial_shapes"] = [None, "tiny", "baseline", "disc=fcn"]
+    args["adversarial_semi_shapes"] = [None, "tiny", "baseline"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
 
@@ -179,6 +188,18 @@ def test_json_lists_and_absent_keys_are_fine():
                 "input.crop_size": (16, 64),
             },
             "at least (32, 32)",
+        ),
+        (
+            {
+                "task": "adversarial",
+                "adversarial.discriminator": "fcn",
+                "adversarial.unlabelled_batch_size": 12,
+            },
+            "unlabelled_batch_size=12: expected a multiple of the number of devices (8)",
+        ),
+        (
+            {"task": "adversarial", "adversarial.unlabelled_batch_size": 8},
+            "needs the per-pixel confidence of 'fcn'",
         ),
     ],
 )

@@ -41,9 +41,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from segjax import losses, optim
+from segjax.data import pipeline, unlabelled
 from segjax.models.discriminators import (
     LABEL_MAP_VARIANTS,
     ConfidenceDiscriminator,
@@ -76,6 +78,20 @@ def config_block() -> ml_collections.ConfigDict:
     c.optimizer = "adamw"
     c.learning_rate = 1e-4
     c.weight_decay = 0.0
+    # Semi-supervised training (Hung et al.): a random labelled_fraction of the training
+    # split keeps its labels (drawn with split_seed), the rest is used without them, with
+    # the images of unlabelled_list (a text file of image paths) if set. Each step adds
+    # unlabelled_batch_size (global) unlabelled images (0: none, fully supervised).
+    c.labelled_fraction = 1.0
+    c.split_seed = 0
+    c.unlabelled_list = ""
+    c.unlabelled_batch_size = 0
+    c.unlabelled_adv_weight = 0.001  # adversarial term on unlabelled images
+    # The semi-supervised term: cross-entropy against the segmentor's own argmax where the
+    # discriminator's confidence sigmoid(D) > semi_threshold, from step semi_start_step on.
+    c.semi_weight = 0.1
+    c.semi_threshold = 0.2
+    c.semi_start_step = 0
     return c
 
 
@@ -166,6 +182,36 @@ def make_loss(
     ac = config.adversarial
     ignore_index = config.dataset.ignore_index
     aux_weight, se_weight = config.loss.aux_weight, config.loss.se_weight
+    with_unlabelled = uses_unlabelled(config)
+
+    def unlabelled_terms(params, seg_stats, batch, rng):
+        # Hung et al.'s terms on the unlabelled images: the adversarial one, and
+        # cross-entropy against the segmentor's own argmax where D is confident.
+        image, valid = batch["unlabelled_image"], batch["unlabelled_valid"]
+        outputs, seg_stats = base.train_apply(segmentor, params["segmentor"], seg_stats, image, rng)
+        logits = outputs["logits"].astype(jnp.float32)
+        probs = jax.nn.softmax(logits, axis=-1)
+        d = discriminator.apply(
+            {"params": jax.lax.stop_gradient(params["discriminator"])},
+            probs * valid[..., None],
+            image,
+        )
+        terms = {"adversarial_unlabelled": _bce_mean(d, 1.0, valid)}
+        if d.ndim == 1:  # one logit per image: no confidence map, no semi-supervised term
+            terms["semi"] = jnp.zeros((), jnp.float32)
+            return seg_stats, terms
+        confident = (
+            valid
+            & (jax.nn.sigmoid(jax.lax.stop_gradient(d)) > ac.semi_threshold)
+            & (batch["unlabelled_gate"][:, None, None] > 0)
+        )
+        pseudo = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        nll = -jnp.take_along_axis(log_probs, pseudo[..., None], axis=-1)[..., 0]
+        count = jnp.sum(confident)
+        terms["semi"] = jnp.sum(jnp.where(confident, nll, 0.0)) / jnp.maximum(count, 1)
+        terms["semi_pixel_share"] = count / jnp.maximum(jnp.sum(valid), 1)
+        return seg_stats, terms
 
     def loss(params, batch_stats, batch, rng):
         image, label = batch["image"], batch["label"]
@@ -192,6 +238,16 @@ def make_loss(
         d_for_seg = discriminate(jax.lax.stop_gradient(disc_params), predicted)
         adversarial = _bce_mean(d_for_seg, 1.0, valid)
         total = seg_total + ac.adv_weight * adversarial + disc_loss
+        semi_terms = {}
+        if with_unlabelled:
+            seg_stats, semi_terms = unlabelled_terms(
+                params, seg_stats, batch, jax.random.fold_in(rng, 1)
+            )
+            total = (
+                total
+                + ac.unlabelled_adv_weight * semi_terms["adversarial_unlabelled"]
+                + ac.semi_weight * semi_terms["semi"]
+            )
         correct = 0.5 * ((d_real > 0).astype(jnp.float32) + (d_fake < 0).astype(jnp.float32))
         if correct.ndim > 1:
             accuracy = jnp.sum(jnp.where(valid, correct, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
@@ -202,11 +258,55 @@ def make_loss(
             "adversarial": adversarial,
             "discriminator": disc_loss,
             "disc_accuracy": accuracy,
+            **semi_terms,
             "total": total,
         }
         return total, ({**batch_stats, "segmentor": seg_stats}, terms)
 
     return loss
+
+
+def uses_unlabelled(config: ml_collections.ConfigDict) -> bool:
+    """Whether the steps of `config` see unlabelled images (Hung et al.'s training)."""
+    return config.adversarial.get("unlabelled_batch_size", 0) > 0
+
+
+def train_batches(config: ml_collections.ConfigDict, source, per_process_batch: int, seed: int):
+    """The training stream: labelled batches, plus unlabelled ones when `uses_unlabelled`.
+
+    With `labelled_fraction < 1` only that share of `source` is read with labels
+    (`unlabelled.split_labelled`); the rest, and the images of `unlabelled_list`, form
+    the unlabelled stream (`unlabelled_batch_size` global images per step, its own
+    shuffle seed `seed + 1`).
+    """
+    ac = config.adversarial
+    labelled, withheld = unlabelled.split_labelled(source, ac.labelled_fraction, ac.split_seed)
+    if not uses_unlabelled(config):
+        return pipeline.train_loader(
+            config, labelled, per_process_batch=per_process_batch, seed=seed
+        )
+    sources = [withheld]
+    if ac.unlabelled_list:
+        sources.append(unlabelled.ImageFiles(ac.unlabelled_list))
+    pool = unlabelled.Concatenated(sources)
+    if not len(pool):
+        raise ValueError(
+            f"config.adversarial.unlabelled_batch_size={ac.unlabelled_batch_size} but there "
+            "are no unlabelled images: set config.adversarial.labelled_fraction < 1 or "
+            "config.adversarial.unlabelled_list"
+        )
+    per_process_unlabelled = ac.unlabelled_batch_size // jax.process_count()
+    return unlabelled.MixedBatches(
+        pipeline.train_loader(config, labelled, per_process_batch=per_process_batch, seed=seed),
+        pipeline.train_loader(
+            config,
+            pool,
+            per_process_batch=per_process_unlabelled,
+            seed=seed + 1,
+            extra_operations=[unlabelled.ToUnlabelled(config.dataset.ignore_index)],
+        ),
+        gate_start=ac.semi_start_step,
+    )
 
 
 def discriminator_optimizer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -265,6 +365,28 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
     )
     num_classes = config.dataset.num_classes
     describe = plain.describe
+    h, w = config.input.crop_size
+    ub = config.adversarial.unlabelled_batch_size if uses_unlabelled(config) else 0
+
+    def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        spec = plain.batch_spec(batch_size)
+        if ub:
+            # The unlabelled batch's share of this batch (batch_size is global or per process).
+            u = ub * batch_size // config.input.batch_size
+            spec["unlabelled_image"] = jax.ShapeDtypeStruct((u, h, w, 3), jnp.float32)
+            spec["unlabelled_valid"] = jax.ShapeDtypeStruct((u, h, w), jnp.bool_)
+            spec["unlabelled_gate"] = jax.ShapeDtypeStruct((u,), jnp.float32)
+        return spec
+
+    def example_batch(batch_size: int, seed: int = 0) -> dict:
+        batch = plain.example_batch(batch_size, seed)
+        if ub:
+            u = ub * batch_size // config.input.batch_size
+            rng = np.random.default_rng([seed, 1])
+            batch["unlabelled_image"] = rng.standard_normal((u, h, w, 3), dtype=np.float32)
+            batch["unlabelled_valid"] = np.ones((u, h, w), bool)
+            batch["unlabelled_gate"] = np.ones((u,), np.float32)
+        return batch
 
     return dataclasses.replace(
         plain,
@@ -275,5 +397,10 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
             segmentor, discriminator, rng, batch["image"].shape, num_classes
         ),
         loss=make_loss(segmentor, discriminator, loss_fn, config),
+        batch_spec=batch_spec,
+        example_batch=example_batch,
+        train_batches=lambda source, per_process_batch, seed: train_batches(
+            config, source, per_process_batch, seed
+        ),
         describe=lambda: {**describe(), "discriminator": config.adversarial.discriminator},
     )

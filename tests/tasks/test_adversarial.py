@@ -5,6 +5,7 @@ depend on the segmentor, and its compile is short); the end-to-end run (slow) us
 configs/adversarial_shapes.py:tiny with the default model.
 """
 
+import json
 import os
 import shutil
 
@@ -246,5 +247,88 @@ def test_train_resume_exactly_and_evaluate(shapes_data_dir, tmp_path):
     after = jax.device_get(ckpt.restore(6, run.abstract_state))
     ckpt.close()
     assert set(after.params) == {"segmentor", "discriminator"}
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    np.testing.assert_allclose(resumed["miou"], final["miou"])
+
+
+def _semi_config(shapes_data_dir, arg="tiny"):
+    from configs import adversarial_semi_shapes
+
+    config = adversarial_semi_shapes.get_config(arg)
+    with config.unlocked():
+        config.dataset.data_dir = shapes_data_dir
+    return config
+
+
+@pytest.mark.slow  # compiles; `pytest -m slow`
+def test_semi_supervised_terms_equal_their_definition(shapes_data_dir):
+    config = _semi_config(shapes_data_dir)
+    with config.unlocked():
+        config.model.name = "pixel_mlp"
+        config.adversarial.features = 4
+        config.adversarial.semi_threshold = 0.5
+    task = tasks.build_task(config)
+    state = jax.jit(lambda key: tasks.base.init_train_state(task, key))(jax.random.key(0))
+    batch = task.example_batch(4, 0)
+    batch["unlabelled_valid"][0, :10] = False
+    batch["unlabelled_gate"][1] = 0.0  # image 1: before the semi-supervised start
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    _, (_, terms) = jax.jit(task.loss)(state.params, state.batch_stats, batch, jax.random.key(1))
+
+    pair = task.model
+
+    @jax.jit
+    def forward(params, batch_stats):
+        outputs, _ = tasks.base.train_apply(
+            pair.segmentor,
+            params["segmentor"],
+            batch_stats["segmentor"],
+            batch["unlabelled_image"],
+            jax.random.key(0),
+        )
+        probs = jax.nn.softmax(outputs["logits"], -1) * batch["unlabelled_valid"][..., None]
+        d = pair.discriminator.apply({"params": params["discriminator"]}, probs)
+        return outputs["logits"], d
+
+    logits, d = (np.asarray(x, np.float64) for x in forward(state.params, state.batch_stats))
+    valid = np.asarray(batch["unlabelled_valid"])
+    gate = np.asarray(batch["unlabelled_gate"])
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    adv, semi, n_adv, n_semi = 0.0, 0.0, 0, 0
+    for b, i, j in np.ndindex(valid.shape):
+        if not valid[b, i, j]:
+            continue
+        adv += np.log1p(np.exp(-d[b, i, j]))  # bce(d, 1)
+        n_adv += 1
+        if gate[b] > 0 and 1 / (1 + np.exp(-d[b, i, j])) > 0.5:
+            semi += -log_p[b, i, j].max()  # the argmax's own log-probability
+            n_semi += 1
+    assert 0 < n_semi < n_adv
+    np.testing.assert_allclose(terms["adversarial_unlabelled"], adv / n_adv, rtol=1e-4)
+    np.testing.assert_allclose(terms["semi"], semi / n_semi, rtol=1e-4)
+    np.testing.assert_allclose(terms["semi_pixel_share"], n_semi / n_adv, rtol=1e-6)
+
+
+@pytest.mark.slow  # runs the training loop twice; `pytest -m slow`
+def test_semi_supervised_run_resumes_exactly(shapes_data_dir, tmp_path):
+    config = _semi_config(shapes_data_dir)
+    workdir = str(tmp_path / "run")
+    mesh = sharding.make_mesh(jax.devices()[:2])
+    final = train_lib.train_and_evaluate(config, workdir, mesh=mesh)
+    assert final["step"] == 6
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
+    semi = [m["loss/semi"] for m in logged if "loss/semi" in m]
+    assert semi and all(np.isfinite(semi))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    run = train_lib.setup(config, mesh)
+    ckpt = Checkpointer(ckpt_dir, async_save=False)
+    before = jax.device_get(ckpt.restore(6, run.abstract_state))
+    ckpt.close()
+    shutil.rmtree(os.path.join(ckpt_dir, "6"))
+    resumed = train_lib.train_and_evaluate(config, workdir, mesh=mesh)
+    ckpt = Checkpointer(ckpt_dir, async_save=False)
+    after = jax.device_get(ckpt.restore(6, run.abstract_state))
+    ckpt.close()
     jax.tree.map(np.testing.assert_array_equal, before, after)
     np.testing.assert_allclose(resumed["miou"], final["miou"])
