@@ -188,3 +188,17 @@ def deeplabv3plus_r50_d8(c: ml_collections.ConfigDict) -> None:
     c.model.output_stride = 8
     c.model.aux_head = True
     c.loss.aux_weight = 0.4
+
+
+def shapes_64(c: ml_collections.ConfigDict, steps: int = 2000) -> None:
+    """The default run's data and schedule: the 64x64 `small` segjax_shapes, batch 32,
+    `steps` steps, logs every 100, eval and checkpoint every 500 (configs/default.py's)."""
+    c.dataset.config = "small"
+    c.input.batch_size = 32
+    c.input.eval_batch_size = 64
+    c.input.crop_size = (64, 64)
+    c.input.eval_pad_size = (64, 64)
+    c.train.steps = steps
+    c.train.log_every = 100
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500

@@ -147,6 +147,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     from segjax.data import datasets
     from segjax.models.mask_rcnn import INSTANCE_MODELS
     from segjax.models.registry import MODELS
+    from segjax.tasks import adversarial
     from segjax.weights.pretrained import SCOPES
 
     hw = "(height, width)"
@@ -232,6 +233,23 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "instance.test_size": _int(1),
         "instance.mask_threshold": _number(0, 1, lo_open=True, hi_open=True),
         "instance.vis_score_threshold": _number(0, 1),
+        # config.adversarial (segjax/tasks/adversarial.py), when the task has it.
+        "adversarial.discriminator": _choice(adversarial.DISCRIMINATORS),
+        "adversarial.features": _int(1),
+        "adversarial.adv_weight": _number(0),
+        "adversarial.gt_encoding": _choice(adversarial.GT_ENCODINGS),
+        "adversarial.scaling_tau": _number(0, 1, lo_open=True),
+        "adversarial.optimizer": _choice(("sgd", "adamw")),
+        "adversarial.learning_rate": _number(0),
+        "adversarial.weight_decay": _number(0),
+        "adversarial.labelled_fraction": _number(0, 1, lo_open=True),
+        "adversarial.split_seed": _int(0),
+        "adversarial.unlabelled_list": _string(),
+        "adversarial.unlabelled_batch_size": _int(0),
+        "adversarial.unlabelled_adv_weight": _number(0),
+        "adversarial.semi_weight": _number(0),
+        "adversarial.semi_threshold": _number(0, 1, hi_open=True),
+        "adversarial.semi_start_step": _int(0),
     }
 
 
@@ -363,8 +381,47 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 f"config.model.name={v['model.name']!r}: {kind}, but config.task="
                 f"{v['task']!r} needs {wanted}"
             )
+    out += _adversarial_problems(v, num_devices)
     if has("loss.name"):
         out += _loss_problems(v)
+    return out
+
+
+def _adversarial_problems(v: dict[str, Any], num_devices: int) -> list[str]:
+    # The adversarial task: its block, a segmentor-only pretrained file, the size that
+    # Hung et al.'s discriminator needs.
+    if v.get("task") != "adversarial":
+        return []
+    out = []
+    if "adversarial.discriminator" not in v:
+        out.append(
+            "config.task='adversarial': expected a config.adversarial block "
+            "(segjax.tasks.adversarial.config_block())"
+        )
+    if v.get("model.pretrained"):
+        out.append(
+            f"config.model.pretrained={v['model.pretrained']!r}: expected '' with "
+            "config.task='adversarial' (a file for the segmentor alone is not supported yet)"
+        )
+    ub = v.get("adversarial.unlabelled_batch_size", 0)
+    if ub % num_devices:
+        out.append(
+            f"config.adversarial.unlabelled_batch_size={ub}: expected a multiple of the "
+            f"number of devices ({num_devices}), so that the batch splits evenly over them"
+        )
+    disc = v.get("adversarial.discriminator", "fcn")
+    if ub and v.get("adversarial.semi_weight", 0) > 0 and disc != "fcn":
+        out.append(
+            f"config.adversarial.semi_weight={v['adversarial.semi_weight']:g}: expected 0 "
+            f"with config.adversarial.discriminator={disc!r}; the semi-supervised term "
+            "needs the per-pixel confidence of 'fcn'"
+        )
+    crop = v.get("input.crop_size", (32, 32))
+    if v.get("adversarial.discriminator") == "fcn" and min(crop) < 32:
+        out.append(
+            f"config.input.crop_size={_show(crop)}: expected at least "
+            "(32, 32) with config.adversarial.discriminator='fcn' (five stride-2 convs)"
+        )
     return out
 
 

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (key, a value that is not allowed, a fragment of what the message says is allowed)
 BAD_VALUES = [
     ("seed", -1, "integer >= 0"),
-    ("task", "detection", "one of ['classification', 'semantic']"),
+    ("task", "detection", "one of ['adversarial', 'classification', 'semantic'"),
     ("dataset.name", "vocc", "one of ["),
     ("dataset.config", "", "non-empty string"),
     ("dataset.data_dir", "", "non-empty string"),
@@ -83,14 +83,31 @@ BAD_VALUES = [
     ("classification.min_pixels", 0, "integer >= 1"),
     ("classification.background_class", -2, "integer >= -1"),
     ("classification.dropout", 1.0, ">= 0 and < 1"),
+    ("adversarial.discriminator", "patchgan", "one of ['basic', 'fcn', 'labels', 'product']"),
+    ("adversarial.features", 0, "integer >= 1"),
+    ("adversarial.adv_weight", -0.1, ">= 0"),
+    ("adversarial.gt_encoding", "soft", "one of ['onehot', 'scaling']"),
+    ("adversarial.scaling_tau", 0.0, "> 0 and <= 1"),
+    ("adversarial.optimizer", "adam", "one of ['adamw', 'sgd']"),
+    ("adversarial.learning_rate", -1e-4, ">= 0"),
+    ("adversarial.weight_decay", float("inf"), ">= 0"),
+    ("adversarial.labelled_fraction", 0.0, "> 0 and <= 1"),
+    ("adversarial.split_seed", -1, "integer >= 0"),
+    ("adversarial.unlabelled_list", None, "a string"),
+    ("adversarial.unlabelled_batch_size", -8, "integer >= 0"),
+    ("adversarial.unlabelled_adv_weight", -1.0, ">= 0"),
+    ("adversarial.semi_weight", "0.1", "a finite number >= 0"),
+    ("adversarial.semi_threshold", 1.0, ">= 0 and < 1"),
+    ("adversarial.semi_start_step", 0.5, "integer >= 0"),
 ]
 
 
 def _base():
-    from segjax.tasks import classification
+    from segjax.tasks import adversarial, classification
 
     c = common.base_config()
     c.classification = classification.config_block()
+    c.adversarial = adversarial.config_block()
     return c
 
 
@@ -128,6 +145,8 @@ def _config_files():
     )
     args = {"folder": ["classes=3"], "default": [None, "tiny"], "classify_shapes": [None, "tiny"]}
     args["voc"] = [None, "aug"]
+    args["adversarial_shapes"] = [None, "tiny", "baseline", "disc=fcn"]
+    args["adversarial_semi_shapes"] = [None, "tiny", "baseline"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
 
@@ -161,6 +180,27 @@ def test_json_lists_and_absent_keys_are_fine():
         ({"eval.resize": (256, 256)}, "padded to that canvas"),
         ({"classification.background_class": 6}, "-1 (none) or a class in [0, 6)"),
         ({"loss.options": '{"dice": {"smooth": 0.0}}'}, "which is not in spec"),
+        ({"task": "adversarial", "model.pretrained": "x.npz"}, "not supported yet"),
+        (
+            {
+                "task": "adversarial",
+                "adversarial.discriminator": "fcn",
+                "input.crop_size": (16, 64),
+            },
+            "at least (32, 32)",
+        ),
+        (
+            {
+                "task": "adversarial",
+                "adversarial.discriminator": "fcn",
+                "adversarial.unlabelled_batch_size": 12,
+            },
+            "unlabelled_batch_size=12: expected a multiple of the number of devices (8)",
+        ),
+        (
+            {"task": "adversarial", "adversarial.unlabelled_batch_size": 8},
+            "needs the per-pixel confidence of 'fcn'",
+        ),
     ],
 )
 def test_rules_between_keys(changes, message):
@@ -230,3 +270,10 @@ def test_train_py_names_every_bad_value_before_any_work(tmp_path):
         assert line in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+def test_adversarial_task_needs_its_block():
+    config = common.base_config()
+    _set(config, "task", "adversarial")
+    problems = config_check.config_problems(config, num_devices=1)
+    assert len(problems) == 1 and "expected a config.adversarial block" in problems[0]

@@ -13,13 +13,14 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from segjax.tasks import classification, instance, semantic
+from segjax.tasks import adversarial, classification, instance, semantic
 from segjax.tasks.base import Task
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None], Task]] = {
     "semantic": semantic.build,
     "classification": classification.build,
     "instance": instance.build,
+    "adversarial": adversarial.build,
 }
 
 

@@ -221,9 +221,13 @@ def make_image_predictor(model, config: ml_collections.ConfigDict, mesh) -> base
     return base.ImagePredictor(predict=predict, write=write)
 
 
-def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
-    """The semantic segmentation task of `config` (evaluation sharded over `mesh`)."""
-    model = build_model(config)
+def build(config: ml_collections.ConfigDict, mesh=None, *, model=None) -> base.Task:
+    """The semantic segmentation task of `config` (evaluation sharded over `mesh`).
+
+    `model`: the module to train and apply instead of `build_model(config)` (a task that
+    wraps a segmentor, e.g. the adversarial pair, reuses this one's evaluation with it).
+    """
+    model = model if model is not None else build_model(config)
     tx, schedule = optim.make_optimizer(config, config.train.steps)
     loss_fn = losses.build_loss(
         config.loss.name,
