@@ -302,6 +302,12 @@ class VNet(nn.Module):
         return {"logits": _crop(logits, spatial).astype(jnp.float32)}
 
 
+def _check_full_resolution(name: str, output_stride: int | None, aux_head: bool) -> None:
+    check_fixed_stride(name, output_stride, 1)
+    if aux_head:
+        raise ValueError(f"{name} has no auxiliary head; aux_head must be False")
+
+
 def unet3d_builder(default_base_width: int, default_depth: int) -> Callable[..., UNet3D]:
     """A 3-D U-Net builder with the given default width and depth."""
 
@@ -324,9 +330,7 @@ def unet3d_builder(default_base_width: int, default_depth: int) -> Callable[...,
             base_width: channels of the first conv (32 in the paper).
             depth: number of poolings (3 in the paper).
         """
-        check_fixed_stride("3-D U-Net", output_stride, 1)
-        if aux_head:
-            raise ValueError("3-D U-Net has no auxiliary head; aux_head must be False")
+        _check_full_resolution("3-D U-Net", output_stride, aux_head)
         return UNet3D(num_classes, base_width, depth, dtype=dtype)
 
     return builder
@@ -363,9 +367,7 @@ def vnet_builder(
             decoder_convs: convs per right-path stage, deepest first ((3, 3, 2, 1)).
             kernel_size: cubic kernel of the stage convs (5 in the paper).
         """
-        check_fixed_stride("V-Net", output_stride, 1)
-        if aux_head:
-            raise ValueError("V-Net has no auxiliary head; aux_head must be False")
+        _check_full_resolution("V-Net", output_stride, aux_head)
         return VNet(
             num_classes,
             base_width,
