@@ -32,6 +32,7 @@ from segjax.data.builders import (
     pascal_context,
     pascal_voc,
     segjax_shapes,
+    volume_shapes,
 )
 
 
@@ -97,6 +98,14 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "folder": _real(
         folder, "your folder with images/, masks/ and classes.txt (see README)", configs=()
+    ),
+    # Volumes (config.task = "volume"): records of image [D, H, W, C], label [D, H, W, 1].
+    "volume_shapes": DatasetSpec(
+        prepare=volume_shapes.prepare,
+        class_names=volume_shapes.CLASS_NAMES,
+        palette=volume_shapes.PALETTE,
+        is_prepared=volume_shapes.is_prepared,
+        configs=tuple(c.name for c in volume_shapes.VolumeShapes.BUILDER_CONFIGS),
     ),
 }
 

@@ -24,7 +24,10 @@ def decode_record(record: dict[str, Any]) -> Sample:
     label = np.asarray(record["label"])
     if label.ndim == 3:
         label = label[..., 0]
-    return {"image": np.asarray(record["image"]), "label": label.astype(np.int32)}
+    sample = {"image": np.asarray(record["image"]), "label": label.astype(np.int32)}
+    if "spacing" in record:  # volumes: voxel size (mm), for resampling and distances
+        sample["spacing"] = np.asarray(record["spacing"], np.float32)
+    return sample
 
 
 def resize(sample: Sample, height: int, width: int) -> Sample:
