@@ -145,9 +145,11 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     """Key -> (is the value allowed, what is allowed), for every key of `base_config()`."""
     from segjax import inference, sharding, tasks
     from segjax.data import datasets
+    from segjax.data.volumes import NORMALIZATIONS
     from segjax.models.mask_rcnn import INSTANCE_MODELS
-    from segjax.models.registry import MODELS
+    from segjax.models.registry import MODELS, VOLUME_MODELS
     from segjax.tasks import adversarial
+    from segjax.volume_inference import BLEND_MODES
     from segjax.weights.pretrained import SCOPES
 
     hw = "(height, width)"
@@ -175,7 +177,8 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "input.eval_pad_size": _pair(hw, 1),
         "input.worker_count": _int(0),
         "input.prefetch": _int(1),
-        "model.name": _choice({**MODELS, **INSTANCE_MODELS}),  # which one: the task's
+        # Which kind (image, instance, volume model) the task needs: a cross-key rule.
+        "model.name": _choice({**MODELS, **INSTANCE_MODELS, **VOLUME_MODELS}),
         "model.output_stride": (
             lambda v: v is None or (_is_int(v) and v in OUTPUT_STRIDES),
             f"None (the model's default) or one of {list(OUTPUT_STRIDES[1:])}",
@@ -250,6 +253,28 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "adversarial.semi_weight": _number(0),
         "adversarial.semi_threshold": _number(0, 1, hi_open=True),
         "adversarial.semi_start_step": _int(0),
+        # config.volume (segjax/tasks/volume.py), when the task has it.
+        "volume.in_channels": _int(1),
+        "volume.crop_size": _sequence(3, _int(1), "(depth, height, width)"),
+        "volume.flip_axes": (
+            lambda v: isinstance(v, tuple | list) and all(_is_int(a) and 0 <= a <= 2 for a in v),
+            "a tuple of distinct spatial axes among 0 (D), 1 (H), 2 (W), possibly empty",
+        ),
+        "volume.rotate90": _bool(),
+        "volume.normalization": _choice(NORMALIZATIONS),
+        "volume.ct_window": _sequence(2, _number(), "(low, high) in HU"),
+        "volume.target_spacing": (
+            lambda v: _sequence(3, _number(0), "")[0](v) and (all(x > 0 for x in v) or not any(v)),
+            "(depth, height, width) mm, all > 0, or (0, 0, 0) to keep the stored spacing",
+        ),
+        "volume.eval_pad_size": _sequence(3, _int(1), "(depth, height, width)"),
+        "volume.roi_size": _sequence(3, _int(1), "(depth, height, width)"),
+        "volume.overlap": _number(0, 1, hi_open=True),
+        "volume.blend": _choice(BLEND_MODES),
+        "volume.sigma_scale": _number(0, lo_open=True),
+        "volume.window_batch": _int(1),
+        "volume.include_background": _bool(),
+        "volume.hd95": _bool(),
     }
 
 
@@ -382,6 +407,7 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 f"{v['task']!r} needs {wanted}"
             )
     out += _adversarial_problems(v, num_devices)
+    out += _volume_problems(v)
     if has("loss.name"):
         out += _loss_problems(v)
     return out
@@ -422,6 +448,37 @@ def _adversarial_problems(v: dict[str, Any], num_devices: int) -> list[str]:
             f"config.input.crop_size={_show(crop)}: expected at least "
             "(32, 32) with config.adversarial.discriminator='fcn' (five stride-2 convs)"
         )
+    return out
+
+
+def _volume_problems(v: dict[str, Any]) -> list[str]:
+    # A volume task needs a volume model, and the other tasks an image model.
+    from segjax.models.registry import VOLUME_MODELS
+
+    out = []
+    if "model.name" in v and "task" in v:
+        is_volume_model = v["model.name"] in VOLUME_MODELS
+        if (v["task"] == "volume") != is_volume_model:
+            kind = "a volume model" if is_volume_model else "an image model"
+            needs = (
+                f"one of {sorted(VOLUME_MODELS)}"
+                if v["task"] == "volume"
+                else "an image model (the volume models need config.task='volume')"
+            )
+            out.append(
+                f"config.model.name={v['model.name']!r} is {kind}; config.task="
+                f"{v['task']!r} needs {needs}"
+            )
+    if "volume.flip_axes" in v and len(set(v["volume.flip_axes"])) != len(v["volume.flip_axes"]):
+        out.append(f"config.volume.flip_axes={_show(v['volume.flip_axes'])}: an axis twice")
+    crop = v.get("volume.crop_size")
+    if crop is not None and v.get("volume.rotate90") and crop[1] != crop[2]:
+        out.append(
+            f"config.volume.crop_size={_show(crop)}: config.volume.rotate90 rotates the H-W "
+            "plane, so height and width must be equal (or set rotate90=False)"
+        )
+    if "volume.ct_window" in v and v["volume.ct_window"][0] >= v["volume.ct_window"][1]:
+        out.append(f"config.volume.ct_window={_show(v['volume.ct_window'])}: expected low < high")
     return out
 
 

@@ -585,7 +585,8 @@ def active_contour_loss(
 
     - length = mean over positions (i, j) of sqrt((u[i+1, j] - u[i, j])^2
       + (u[i, j+1] - u[i, j])^2 + eps), the contour length of the soft mask; positions
-      whose three pixels are not all valid are skipped;
+      whose three pixels are not all valid are skipped (volumes [B, D, H, W, K]: the
+      same over the three axes, the surface area);
     - region = mean over valid pixels of u (v - 1)^2 + (1 - u) v^2, the Chan-Vese
       fitting terms with fixed c_in = 1, c_out = 0.
 
@@ -610,10 +611,19 @@ def active_contour_loss(
     region_pixel = jnp.mean(u * (v - 1.0) ** 2 + (1.0 - u) * v**2, axis=-1)
     region = _masked_mean(region_pixel, valid)
 
-    d_h = u[:, 1:, :-1] - u[:, :-1, :-1]
-    d_w = u[:, :-1, 1:] - u[:, :-1, :-1]
-    length_pixel = jnp.mean(jnp.sqrt(d_h**2 + d_w**2 + eps), axis=-1)
-    length_valid = valid[:, :-1, :-1] & valid[:, 1:, :-1] & valid[:, :-1, 1:]
+    # Forward differences along each spatial axis (H, W; D, H, W for volumes), at the
+    # positions that have a next voxel on every axis.
+    spatial = range(1, u.ndim - 1)
+    base = (slice(None), *(slice(0, -1) for _ in spatial))
+
+    def shifted(axis: int) -> tuple:
+        return (slice(None), *(slice(1, None) if a == axis else slice(0, -1) for a in spatial))
+
+    squares = sum((u[shifted(a)] - u[base]) ** 2 for a in spatial)
+    length_pixel = jnp.mean(jnp.sqrt(squares + eps), axis=-1)
+    length_valid = valid[base]
+    for a in spatial:
+        length_valid = length_valid & valid[shifted(a)]
     length = _masked_mean(length_pixel, length_valid)
     return mu_length * length + lambda_region * region
 

@@ -437,8 +437,11 @@ def _evaluate_and_log(run: Run, state: TrainState, step: int, workdir: str, writ
 
 
 def format_summary(summary: dict[str, float]) -> str:
-    """`"miou 23.80%  pixel_accuracy 82.33%"`: a task's headline scores (fractions) in %."""
-    return "  ".join(f"{k} {100 * v:.2f}%" for k, v in summary.items())
+    """`"miou 23.80%  pixel_accuracy 82.33%"`: a task's headline scores (fractions) in %;
+    distances (keys ending in `hd95`) as they are."""
+    return "  ".join(
+        f"{k} {v:.2f}" if k.endswith("hd95") else f"{k} {100 * v:.2f}%" for k, v in summary.items()
+    )
 
 
 def _close(ckpt: Checkpointer, writer: MetricWriter) -> None:

@@ -34,6 +34,7 @@ from segjax.data.builders import (
     segjax_shapes,
     segjax_shapes_instances,
     segjax_shapes_panoptic,
+    volume_shapes,
 )
 
 
@@ -120,6 +121,14 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "folder": _real(
         folder, "your folder with images/, masks/ and classes.txt (see README)", configs=()
+    ),
+    # Volumes (config.task = "volume"): records of image [D, H, W, C], label [D, H, W, 1].
+    "volume_shapes": DatasetSpec(
+        prepare=volume_shapes.prepare,
+        class_names=volume_shapes.CLASS_NAMES,
+        palette=volume_shapes.PALETTE,
+        is_prepared=volume_shapes.is_prepared,
+        configs=tuple(c.name for c in volume_shapes.VolumeShapes.BUILDER_CONFIGS),
     ),
 }
 

@@ -33,8 +33,11 @@ def decode_record(record: dict[str, Any]) -> Sample:
     label = np.asarray(record["label"]) if "label" in record else np.zeros(image.shape[:2])
     if label.ndim == 3:
         label = label[..., 0]
-    extra = {k: np.asarray(record[k]) for k in INSTANCE_KEYS if k in record}
-    return {"image": image, "label": label.astype(np.int32), **extra}
+    sample = {"image": image, "label": label.astype(np.int32)}
+    sample.update({k: np.asarray(record[k]) for k in INSTANCE_KEYS if k in record})
+    if "spacing" in record:  # volumes: voxel size (mm), for resampling and distances
+        sample["spacing"] = np.asarray(record["spacing"], np.float32)
+    return sample
 
 
 def resize(sample: Sample, height: int, width: int) -> Sample:

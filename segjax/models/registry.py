@@ -101,12 +101,22 @@ MODELS: dict[str, Callable[..., nn.Module]] = merge_families(
     importlib.import_module(family) for family in FAMILIES
 )
 
+# Volumetric families: their models take NDHWC volumes [B, D, H, W, C] (the volume task,
+# ``segjax.tasks.volume``), so they are kept apart from the image models of ``MODELS``
+# and their contract tests; ``build_model`` builds either kind.
+VOLUME_FAMILIES: tuple[str, ...] = ("segjax.models.volumetric",)
+VOLUME_MODELS: dict[str, Callable[..., nn.Module]] = merge_families(
+    importlib.import_module(family) for family in VOLUME_FAMILIES
+)
+for _name in set(MODELS) & set(VOLUME_MODELS):
+    raise ValueError(f"model {_name!r} is both an image and a volume model")
+
 
 def build_model(name: str, *, num_classes: int, dtype: jnp.dtype = jnp.float32, **kwargs):
     """Builds the registered model ``name``.
 
     Args:
-        name: a key of ``MODELS``.
+        name: a key of ``MODELS`` (or of ``VOLUME_MODELS``: logits ``[B, D, H, W, K]``).
         num_classes: number of output classes ``K`` (logits are ``[B, H, W, K]``).
         dtype: compute dtype (``jnp.bfloat16`` for mixed precision); params stay float32.
         **kwargs: the builder's other arguments (``output_stride``, ``aux_head``, ...).
@@ -119,8 +129,11 @@ def build_model(name: str, *, num_classes: int, dtype: jnp.dtype = jnp.float32, 
             message lists the known names.
         TypeError: for an argument that the builder does not accept.
     """
+    if name in VOLUME_MODELS:
+        return VOLUME_MODELS[name](num_classes=num_classes, dtype=dtype, **kwargs)
     if name not in MODELS:
         raise UnknownModelError(
-            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
+            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}; "
+            f"volume models: {', '.join(sorted(VOLUME_MODELS))}"
         )
     return MODELS[name](num_classes=num_classes, dtype=dtype, **kwargs)

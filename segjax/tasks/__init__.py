@@ -1,9 +1,10 @@
 """Tasks of the shared train/eval loop, by `config.task` name.
 
 A task is a frozen `segjax.tasks.base.Task` built from a config by its module's
-`build(config, mesh)`: semantic segmentation (`semantic`, the default) and multi-label
-image classification (`classification`) and instance segmentation
-(`instance`: Mask R-CNN, PANet). Adding one is one module plus one line here.
+`build(config, mesh)`: semantic segmentation (`semantic`, the default), multi-label
+image classification (`classification`), instance segmentation (`instance`: Mask R-CNN,
+PANet), adversarial training (`adversarial`) and volumetric segmentation (`volume`).
+Adding one is one module plus one line here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from segjax.tasks import adversarial, classification, instance, semantic
+from segjax.tasks import adversarial, classification, instance, semantic, volume
 from segjax.tasks.base import Task
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None], Task]] = {
@@ -21,6 +22,7 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None],
     "classification": classification.build,
     "instance": instance.build,
     "adversarial": adversarial.build,
+    "volume": volume.build,
 }
 
 
