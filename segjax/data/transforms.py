@@ -20,7 +20,7 @@ Sample = dict[str, Any]
 
 
 # Instance datasets' keys, kept by `decode_record` (segjax.data.instances decodes them).
-INSTANCE_KEYS = ("instances", "masks", "classes", "boxes", "crowd")
+INSTANCE_KEYS = ("instances", "objects")
 
 
 def decode_record(record: dict[str, Any]) -> Sample:
@@ -33,7 +33,7 @@ def decode_record(record: dict[str, Any]) -> Sample:
     label = np.asarray(record["label"]) if "label" in record else np.zeros(image.shape[:2])
     if label.ndim == 3:
         label = label[..., 0]
-    extra = {k: np.asarray(record[k]) for k in INSTANCE_KEYS if k in record}
+    extra = {k: record[k] for k in INSTANCE_KEYS if k in record}
     return {"image": image, "label": label.astype(np.int32), **extra}
 
 
