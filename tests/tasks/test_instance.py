@@ -149,9 +149,7 @@ def _instance_config(data_dir):
 
 
 def test_config_checks_of_the_instance_task():
-    from configs import instance_shapes
-
-    from configs import instance_coco
+    from configs import instance_coco, instance_shapes
 
     config = instance_shapes.get_config("tiny")
     assert config_check.config_problems(config, num_devices=1) == []
