@@ -25,6 +25,11 @@ def get_config(arg: str | None = None):
     c.dataset.num_classes = 6  # background + the five shapes
     c.model.name = args.model
     c.model.output_stride = None  # not a Mask R-CNN argument: the FPN needs stride 32
+    if not args.tiny:
+        # Wider than the tiny model's defaults (MaskRCNN fields, passed to the builder).
+        c.model.fpn_channels = 32
+        c.model.representation_size = 128
+        c.model.mask_layers = (32, 32, 32, 32)
     c.input.batch_size = 8
     c.input.eval_batch_size = 32
     c.input.crop_size = (64, 64)

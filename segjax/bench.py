@@ -18,6 +18,8 @@ Examples::
         --dtype bfloat16 --steps 20
     python -m segjax.bench --model deeplabv3plus_tiny --batch 16 --size 128 128 \\
         --data dataset          # also times the grain input pipeline alone
+    python -m segjax.bench --model maskrcnn_resnet50_fpn --batch 2 --size 512 512
+        # instance models: the instance task's step, random boxes and masks, 91 classes
 
 ``--data synthetic`` (default) feeds one random batch already on device, so the figures
 are the model's alone; ``--data dataset`` reads a prepared dataset (``--dataset``, default
@@ -121,6 +123,19 @@ def bench_config(
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "constant"
     c.loss.name = "cross_entropy"
+    from segjax.models.mask_rcnn import INSTANCE_MODELS
+
+    if model in INSTANCE_MODELS:
+        # Mask R-CNN / PANet: the instance task, images at their size, 16 instances each.
+        from segjax.tasks import instance
+
+        c.task = "instance"
+        c.instance = instance.config_block()
+        c.instance.max_instances = 16
+        c.instance.min_sizes = (min(size),)
+        c.instance.max_size = max(size)
+        c.instance.test_size = min(size)
+        c.input.eval_pad_size = tuple(size)
     c.lock()
     return c
 
@@ -287,7 +302,11 @@ def run_benchmark(
     state = run.new_state(jax.random.key(config.seed))
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
 
-    host_batch = synthetic_batch(batch_size, (h, w), config.dataset.num_classes, config.seed)
+    instance = config.get("task", "semantic") == "instance"
+    if instance:  # boxes, classes, masks and validity of random instances
+        host_batch = run.task.example_batch(batch_size, config.seed)
+    else:
+        host_batch = synthetic_batch(batch_size, (h, w), config.dataset.num_classes, config.seed)
     device_batch = sharding.shard_batch(host_batch, mesh)
 
     start = time.perf_counter()
@@ -338,8 +357,14 @@ def run_benchmark(
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         repl = sharding.replicated(mesh)
         data_sharding = sharding.data_sharding(mesh)
+
+        def infer(v, x):
+            if instance:  # detections: boxes, scores, classes, 28 x 28 masks
+                return run.model.apply(v, x, train=False)
+            return jnp.argmax(run.model.apply(v, x, train=False)["logits"], axis=-1)
+
         predict = jax.jit(
-            lambda v, x: jnp.argmax(run.model.apply(v, x, train=False)["logits"], axis=-1),
+            infer,
             in_shardings=(jax.tree.map(lambda _: repl, variables), data_sharding),
             out_shardings=data_sharding,
         )
@@ -428,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         uses_data = args.data == "dataset" or args.pipeline_only
         # `folder` datasets name their classes in the prepared data: give --num_classes.
         num_classes = (len(get_spec(args.dataset).class_names) if uses_data else 0) or 21
+        from segjax.models.mask_rcnn import INSTANCE_MODELS
+
+        if args.model in INSTANCE_MODELS and not uses_data:
+            num_classes = 91  # COCO with background, as torchvision's detection models
     config = bench_config(
         args.model,
         batch=args.batch,

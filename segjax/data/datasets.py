@@ -28,6 +28,7 @@ from segjax.data.builders import (
     ade20k,
     camvid,
     cityscapes,
+    coco_instances,
     folder,
     pascal_context,
     pascal_voc,
@@ -106,6 +107,7 @@ DATASETS: dict[str, DatasetSpec] = {
         is_prepared=segjax_shapes_panoptic.is_prepared,
         configs=tuple(c.name for c in segjax_shapes_panoptic.SegjaxShapesPanoptic.BUILDER_CONFIGS),
     ),
+    "coco_instances": _real(coco_instances, " and ".join(coco_instances.ARCHIVES)),
     "voc": _real(
         pascal_voc,
         f"{pascal_voc.VOC_ARCHIVE} (config 'aug' also needs SBD's {pascal_voc.SBD_ARCHIVE})",

@@ -39,8 +39,8 @@ def decode_instances(record: dict[str, Any]) -> Sample:
 
     Records with an `instances` map (segjax_shapes_instances): instance `k` is the
     pixels equal to `k`, its class the semantic `label` there, its box the mask's.
-    Records in the COCO builder's layout (`masks` [N, H, W], `classes`, `boxes`,
-    `crowd`) are taken as they are.
+    Records of the COCO builder (`objects`: RLE counts, xyxy boxes, category ids, crowd
+    flags) are decoded with pycocotools.
     """
     image = np.asarray(record["image"])
     if "instances" in record:
@@ -60,13 +60,27 @@ def decode_instances(record: dict[str, Any]) -> Sample:
             "boxes": boxes_from_masks(masks),
             "crowd": np.zeros(len(ids), bool),
         }
-    masks = np.asarray(record["masks"], np.uint8).reshape(-1, *image.shape[:2])
+    if "objects" not in record:
+        raise KeyError(f"not an instance record: keys {sorted(record)}")
+    from pycocotools import mask as mask_utils
+
+    objects = record["objects"]
+    h, w = image.shape[:2]
+    rles = [
+        {"size": [h, w], "counts": c.encode("ascii") if isinstance(c, str) else bytes(c)}
+        for c in objects["rle"]
+    ]
+    masks = (
+        np.moveaxis(mask_utils.decode(rles), -1, 0).astype(np.uint8)
+        if rles
+        else np.zeros((0, h, w), np.uint8)
+    )
     return {
         "image": image,
         "masks": masks,
-        "classes": np.asarray(record["classes"], np.int32).reshape(-1),
-        "boxes": np.asarray(record["boxes"], np.float32).reshape(-1, 4),
-        "crowd": np.asarray(record["crowd"], bool).reshape(-1),
+        "classes": np.asarray(objects["category_id"], np.int32).reshape(-1),
+        "boxes": np.asarray(objects["bbox"], np.float32).reshape(-1, 4),
+        "crowd": np.asarray(objects["crowd"], bool).reshape(-1),
     }
 
 

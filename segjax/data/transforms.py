@@ -20,7 +20,7 @@ Sample = dict[str, Any]
 
 
 # Instance datasets' keys, kept by `decode_record` (segjax.data.instances decodes them).
-INSTANCE_KEYS = ("instances", "masks", "classes", "boxes", "crowd")
+INSTANCE_KEYS = ("instances", "objects")
 
 
 def decode_record(record: dict[str, Any]) -> Sample:
@@ -34,7 +34,7 @@ def decode_record(record: dict[str, Any]) -> Sample:
     if label.ndim == 3:
         label = label[..., 0]
     sample = {"image": image, "label": label.astype(np.int32)}
-    sample.update({k: np.asarray(record[k]) for k in INSTANCE_KEYS if k in record})
+    sample.update({k: record[k] for k in INSTANCE_KEYS if k in record})
     if "spacing" in record:  # volumes: voxel size (mm), for resampling and distances
         sample["spacing"] = np.asarray(record["spacing"], np.float32)
     return sample

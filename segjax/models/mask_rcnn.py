@@ -607,7 +607,9 @@ def mask_rcnn_builder(
 
 
 # The tiny variant: ResNet-Micro (8-64 channels), 16-channel FPN, small heads and
-# sample counts, anchors for 64 x 64 images (8-128 px over P2-P6).
+# sample counts, anchors for 64 x 64 images (8-128 px over P2-P6). RoIs keep the FPN
+# paper's canonical 224: on 64 x 64 images every object is pooled from P2 (stride 4),
+# as a small COCO object at 800 px.
 TINY = dict(
     fpn_channels=16,
     anchor_sizes=((8,), (16,), (32,), (64,), (128,)),
@@ -621,7 +623,6 @@ TINY = dict(
     detections_per_img=16,
     representation_size=64,
     mask_layers=(16, 16),
-    canonical_scale=32.0,
 )
 
 INSTANCE_MODELS: dict[str, Callable[..., MaskRCNN]] = {

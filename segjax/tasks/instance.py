@@ -56,12 +56,23 @@ def config_block() -> ml_collections.ConfigDict:
     return c
 
 
+# config.model keys that are not Mask R-CNN arguments (the loop's, or segmentors' only).
+NOT_BUILDER_KEYS = ("name", "dtype", "pretrained", "pretrained_scope", "output_stride", "aux_head")
+
+
 def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
-    """The instance model named by `config.model.name`."""
+    """The instance model named by `config.model.name`; `config.model`'s other keys are
+    `MaskRCNN` fields (e.g. `freeze_backbone_bn`, `rpn_post_nms_top_n_train`)."""
+    kwargs = {  # a config read back from JSON holds lists where the file had tuples
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in config.model.items()
+        if k not in NOT_BUILDER_KEYS
+    }
     return build_instance_model(
         config.model.name,
         num_classes=config.dataset.num_classes,
         dtype=base.compute_dtype(config),
+        **kwargs,
     )
 
 

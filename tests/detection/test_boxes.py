@@ -1,5 +1,6 @@
 """Box coding, IoU, matching, sampling, NMS and anchors against Python references."""
 
+import functools
 import math
 
 import jax
@@ -8,6 +9,12 @@ import numpy as np
 import pytest
 
 from segjax.detection import anchors, boxes
+
+
+def _jit(fn, *arrays, **static):
+    # One compile per call (eager dispatch would compile every op on its own).
+    out = jax.jit(functools.partial(fn, **static))(*map(jnp.asarray, arrays))
+    return jax.tree.map(np.asarray, out)
 
 
 def _random_boxes(rng, n, size=100.0):
@@ -19,9 +26,11 @@ def _random_boxes(rng, n, size=100.0):
 def test_encode_decode_round_trip_and_formula():
     rng = np.random.default_rng(0)
     ref, gt = _random_boxes(rng, 50), _random_boxes(rng, 50)
+    round_trip = lambda g, r, weights: boxes.decode_boxes(
+        boxes.encode_boxes(g, r, weights), r, weights
+    )
     for weights in (boxes.RPN_WEIGHTS, boxes.ROI_WEIGHTS):
-        deltas = boxes.encode_boxes(jnp.asarray(gt), jnp.asarray(ref), weights)
-        back = boxes.decode_boxes(deltas, jnp.asarray(ref), weights)
+        back = _jit(round_trip, gt, ref, weights=weights)
         np.testing.assert_allclose(back, gt, rtol=1e-5, atol=1e-3)
     # One box by hand: torchvision's BoxCoder formulas.
     r, g = (0.0, 0.0, 10.0, 20.0), (1.0, 2.0, 13.0, 18.0)
@@ -52,9 +61,7 @@ def test_box_iou_equals_loop():
     rng = np.random.default_rng(1)
     a, b = _random_boxes(rng, 13), _random_boxes(rng, 9)
     b[3] = 0.0  # a padding row: zero area
-    np.testing.assert_allclose(
-        boxes.box_iou(jnp.asarray(a), jnp.asarray(b)), _iou_loop(a, b), atol=1e-6
-    )
+    np.testing.assert_allclose(_jit(boxes.box_iou, a, b), _iou_loop(a, b), atol=1e-6)
 
 
 def _greedy_nms(b, s, valid, thr, groups):
@@ -93,19 +100,20 @@ def test_nms_equals_greedy_python(grouped):
     assert got == expected[:40]
     assert kept.sum() == min(len(expected), 40)
     # Fewer outputs than kept boxes: the best ones; more slots than boxes: padded.
-    idx5, kept5 = boxes.nms(
-        jnp.asarray(b),
-        jnp.asarray(s),
-        jnp.asarray(valid),
+    idx5, kept5 = _jit(
+        boxes.nms,
+        b,
+        s,
+        valid,
         iou_threshold=0.5,
         max_output=5,
         groups=jnp.asarray(groups) if grouped else None,
     )
-    assert np.asarray(idx5)[np.asarray(kept5)].tolist() == expected[:5]
-    idx_big, kept_big = boxes.nms(
-        jnp.asarray(b[:4]), jnp.asarray(s[:4]), jnp.ones(4, bool), iou_threshold=0.5, max_output=10
+    assert idx5[kept5].tolist() == expected[:5]
+    idx_big, kept_big = _jit(
+        boxes.nms, b[:4], s[:4], np.ones(4, bool), iou_threshold=0.5, max_output=10
     )
-    assert idx_big.shape == (10,) and not np.asarray(kept_big)[4:].any()
+    assert idx_big.shape == (10,) and not kept_big[4:].any()
 
 
 def _match_loop(q, gt_valid, hi, lo, allow):
@@ -136,22 +144,14 @@ def test_match_equals_loop(allow):
     preds[:5] = gt + rng.normal(0, 2, gt.shape).astype(np.float32)  # some good matches
     q = _iou_loop(gt, preds).astype(np.float32)
     gt_valid = np.array([True, True, False, True, True])
-    got = boxes.match(
-        jnp.asarray(q),
-        jnp.asarray(gt_valid),
-        high_threshold=0.7,
-        low_threshold=0.3,
-        allow_low_quality_matches=allow,
+    match = jax.jit(
+        functools.partial(
+            boxes.match, high_threshold=0.7, low_threshold=0.3, allow_low_quality_matches=allow
+        )
     )
+    got = match(jnp.asarray(q), jnp.asarray(gt_valid))
     assert np.asarray(got).tolist() == _match_loop(q, gt_valid, 0.7, 0.3, allow)
-    none = boxes.match(
-        jnp.asarray(q),
-        jnp.zeros(5, bool),
-        high_threshold=0.7,
-        low_threshold=0.3,
-        allow_low_quality_matches=allow,
-    )
-    assert (np.asarray(none) == -1).all()
+    assert (np.asarray(match(jnp.asarray(q), jnp.zeros(5, bool))) == -1).all()
 
 
 def test_sample_balanced_counts_and_membership():
@@ -159,7 +159,8 @@ def test_sample_balanced_counts_and_membership():
     rng = np.random.default_rng(4)
     label = rng.choice([-1, 0, 1], n, p=[0.2, 0.7, 0.1])
     pos, neg = jnp.asarray(label == 1), jnp.asarray(label == 0)
-    idx, is_pos, valid = boxes.sample_balanced(jax.random.key(0), pos, neg, 64, 0.25)
+    sample = jax.jit(boxes.sample_balanced, static_argnums=(3, 4))
+    idx, is_pos, valid = sample(jax.random.key(0), pos, neg, 64, 0.25)
     idx, is_pos, valid = map(np.asarray, (idx, is_pos, valid))
     n_pos = int((label == 1).sum())
     assert is_pos.sum() == min(n_pos, 16)
@@ -169,14 +170,14 @@ def test_sample_balanced_counts_and_membership():
     # Few candidates: everything is taken and the rest of the slots are invalid.
     few = np.zeros(n, bool)
     few[[3, 7]] = True
-    _, is_pos2, valid2 = boxes.sample_balanced(
+    _, is_pos2, valid2 = sample(
         jax.random.key(1), jnp.asarray(few), jnp.asarray(np.roll(few, 1)), 64, 0.5
     )
     assert np.asarray(is_pos2).sum() == 2 and np.asarray(valid2).sum() == 4
     # Different keys draw different samples; the same key the same one.
-    a = boxes.sample_balanced(jax.random.key(5), pos, neg, 64, 0.25)[0]
-    b = boxes.sample_balanced(jax.random.key(6), pos, neg, 64, 0.25)[0]
-    c = boxes.sample_balanced(jax.random.key(5), pos, neg, 64, 0.25)[0]
+    a = sample(jax.random.key(5), pos, neg, 64, 0.25)[0]
+    b = sample(jax.random.key(6), pos, neg, 64, 0.25)[0]
+    c = sample(jax.random.key(5), pos, neg, 64, 0.25)[0]
     assert not np.array_equal(a, b) and np.array_equal(a, c)
 
 

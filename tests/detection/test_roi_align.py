@@ -1,7 +1,9 @@
 """RoIAlign against a direct bilinear-sampling loop and torchvision's numbers."""
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,6 +60,11 @@ TORCHVISION = {
         ],
     ],
 }
+
+
+def _jit(fn, *arrays, **static):
+    # One compile per call (eager dispatch would compile every op on its own).
+    return np.asarray(jax.jit(functools.partial(fn, **static))(*map(jnp.asarray, arrays)))
 
 
 def _features():
@@ -122,15 +129,14 @@ def _batched_boxes():
 @pytest.mark.parametrize("aligned", [True, False])
 def test_roi_align_equals_sampling_loop_and_torchvision(aligned):
     f = _features()
-    got = np.asarray(
-        ra.roi_align(
-            jnp.asarray(f),
-            jnp.asarray(_batched_boxes()),
-            (2, 3),
-            spatial_scale=0.5,
-            sampling_ratio=2,
-            aligned=aligned,
-        )
+    got = _jit(
+        ra.roi_align,
+        f,
+        _batched_boxes(),
+        output_size=(2, 3),
+        spatial_scale=0.5,
+        sampling_ratio=2,
+        aligned=aligned,
     )
     slot = {0: 0, 1: 0}
     for k, (b, box) in enumerate(BOXES):
@@ -145,11 +151,7 @@ def test_roi_align_equals_sampling_loop_and_torchvision(aligned):
 def test_roi_align_other_sampling_ratio_and_output_size():
     f = _features()
     boxes = _batched_boxes()
-    got = np.asarray(
-        ra.roi_align(
-            jnp.asarray(f), jnp.asarray(boxes), (4, 2), spatial_scale=0.5, sampling_ratio=3
-        )
-    )
+    got = _jit(ra.roi_align, f, boxes, output_size=(4, 2), spatial_scale=0.5, sampling_ratio=3)
     for b in range(B):
         for r in range(2):
             ref = _reference(f[b], boxes[b, r], (4, 2), 0.5, 3, True)
@@ -165,7 +167,7 @@ def test_fpn_levels_as_level_mapper():
     sides = [10.0, 111.0, 112.0, 223.0, 224.0, 447.0, 448.0, 896.0, 2000.0]
     boxes = jnp.asarray([[0.0, 0.0, s, s] for s in sides])
     expected = [min(max(math.floor(4 + math.log2(s / 224) + 1e-6), 2), 5) - 2 for s in sides]
-    np.testing.assert_array_equal(ra.fpn_levels(boxes, 2, 5), expected)
+    np.testing.assert_array_equal(_jit(ra.fpn_levels, boxes, k_min=2, k_max=5), expected)
 
 
 def test_multilevel_roi_align_reads_each_box_from_its_level():
@@ -180,15 +182,11 @@ def test_multilevel_roi_align_reads_each_box_from_its_level():
         np.float32,
     )
     # Small canonical scale so that these boxes spread over all four levels.
-    levels = np.asarray(ra.fpn_levels(jnp.asarray(boxes), 2, 5, canonical_scale=16))
+    levels = _jit(ra.fpn_levels, boxes, k_min=2, k_max=5, canonical_scale=16)
     assert len(np.unique(levels)) >= 3
     got = np.asarray(
-        ra.multilevel_roi_align(
-            [jnp.asarray(f) for f in feats],
-            strides,
-            jnp.asarray(boxes),
-            (3, 3),
-            canonical_scale=16,
+        jax.jit(lambda f, b: ra.multilevel_roi_align(f, strides, b, (3, 3), canonical_scale=16))(
+            [jnp.asarray(f) for f in feats], jnp.asarray(boxes)
         )
     )
     for b in range(2):
@@ -202,12 +200,8 @@ def test_roi_align_channel_equals_roi_align_of_that_channel():
     f = _features()
     boxes = _batched_boxes()
     channels = np.array([[1, 0], [0, 1]])
-    got = np.asarray(
-        ra.roi_align_channel(
-            jnp.asarray(f), jnp.asarray(boxes), jnp.asarray(channels), (2, 3), spatial_scale=0.5
-        )
-    )
-    full = np.asarray(ra.roi_align(jnp.asarray(f), jnp.asarray(boxes), (2, 3), spatial_scale=0.5))
+    got = _jit(ra.roi_align_channel, f, boxes, channels, output_size=(2, 3), spatial_scale=0.5)
+    full = _jit(ra.roi_align, f, boxes, output_size=(2, 3), spatial_scale=0.5)
     for b in range(B):
         for r in range(2):
             np.testing.assert_allclose(got[b, r], full[b, r, ..., channels[b, r]], atol=1e-6)

@@ -149,10 +149,12 @@ def _instance_config(data_dir):
 
 
 def test_config_checks_of_the_instance_task():
-    from configs import instance_shapes
+    from configs import instance_coco, instance_shapes
 
     config = instance_shapes.get_config("tiny")
     assert config_check.config_problems(config, num_devices=1) == []
+    coco_config = instance_coco.get_config("panet")
+    assert config_check.config_problems(coco_config, num_devices=8) == []
     with config.unlocked():
         config.instance.max_instances = 0
         config.instance.min_sizes = ()
