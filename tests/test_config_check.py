@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (key, a value that is not allowed, a fragment of what the message says is allowed)
 BAD_VALUES = [
     ("seed", -1, "integer >= 0"),
-    ("task", "detection", "one of ['classification', 'semantic']"),
+    ("task", "detection", "one of ['classification', "),
     ("dataset.name", "vocc", "one of ["),
     ("dataset.config", "", "non-empty string"),
     ("dataset.data_dir", "", "non-empty string"),
@@ -83,14 +83,27 @@ BAD_VALUES = [
     ("classification.min_pixels", 0, "integer >= 1"),
     ("classification.background_class", -2, "integer >= -1"),
     ("classification.dropout", 1.0, ">= 0 and < 1"),
+    ("panoptic.center_sigma", 0.0, "> 0"),
+    ("panoptic.small_instance_area", -1, "integer >= 0"),
+    ("panoptic.small_instance_weight", -1.0, ">= 0"),
+    ("panoptic.top_k_ratio", 0.0, "> 0 and <= 1"),
+    ("panoptic.semantic_loss_weight", -1.0, ">= 0"),
+    ("panoptic.center_loss_weight", float("nan"), ">= 0"),
+    ("panoptic.offset_loss_weight", -0.01, ">= 0"),
+    ("panoptic.nms_kernel", 4, "odd integer"),
+    ("panoptic.center_threshold", "0.1", "a finite number"),
+    ("panoptic.max_instances", 0, "integer >= 1"),
+    ("panoptic.stuff_area", -5, "integer >= 0"),
+    ("panoptic.max_segments", 1, "integer >= 2"),
 ]
 
 
 def _base():
-    from segjax.tasks import classification
+    from segjax.tasks import classification, panoptic
 
     c = common.base_config()
     c.classification = classification.config_block()
+    c.panoptic = panoptic.config_block()
     return c
 
 
@@ -127,6 +140,7 @@ def _config_files():
         if not p.endswith(("__init__.py", "common.py"))
     )
     args = {"folder": ["classes=3"], "default": [None, "tiny"], "classify_shapes": [None, "tiny"]}
+    args["panoptic_shapes"] = [None, "tiny"]
     args["voc"] = [None, "aug"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
@@ -161,6 +175,7 @@ def test_json_lists_and_absent_keys_are_fine():
         ({"eval.resize": (256, 256)}, "padded to that canvas"),
         ({"classification.background_class": 6}, "-1 (none) or a class in [0, 6)"),
         ({"loss.options": '{"dice": {"smooth": 0.0}}'}, "which is not in spec"),
+        ({"panoptic.max_segments": 200}, "more than config.panoptic.max_instances (200)"),
     ],
 )
 def test_rules_between_keys(changes, message):

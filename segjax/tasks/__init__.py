@@ -2,7 +2,8 @@
 
 A task is a frozen `segjax.tasks.base.Task` built from a config by its module's
 `build(config, mesh)`: semantic segmentation (`semantic`, the default) and multi-label
-image classification (`classification`). Adding one is one module plus one line here.
+image classification (`classification`) and
+panoptic segmentation (`panoptic`, Panoptic-DeepLab). Adding one is one module plus one line here.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from segjax.tasks import classification, semantic
+from segjax.tasks import classification, panoptic, semantic
 from segjax.tasks.base import Task
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None], Task]] = {
     "semantic": semantic.build,
     "classification": classification.build,
+    "panoptic": panoptic.build,
 }
 
 
