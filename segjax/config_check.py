@@ -1,7 +1,7 @@
 """Every value of a run's config checked in one place, before any work starts.
 
 `check_config(config, num_devices=...)` looks at each key of `configs/common.py`'s
-`base_config()` (and a task's own block, `config.classification`) that the config
+`base_config()` (and a task's own block, `config.classification`, `config.panoptic`) that the config
 holds: its type, range, shape or choices, and the rules between keys (a batch that
 splits evenly over the devices, a sliding-window stride no larger than the window, an
 eval resize that fits the padded canvas, ...). It reads no data and builds no model, so
@@ -275,6 +275,22 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "volume.window_batch": _int(1),
         "volume.include_background": _bool(),
         "volume.hd95": _bool(),
+        # config.panoptic (segjax/tasks/panoptic.py), when the task has it.
+        "panoptic.center_sigma": _number(0, lo_open=True),
+        "panoptic.small_instance_area": _int(0),
+        "panoptic.small_instance_weight": _number(0),
+        "panoptic.top_k_ratio": _number(0, 1, lo_open=True),
+        "panoptic.semantic_loss_weight": _number(0),
+        "panoptic.center_loss_weight": _number(0),
+        "panoptic.offset_loss_weight": _number(0),
+        "panoptic.nms_kernel": (
+            lambda v: _is_int(v) and v >= 1 and v % 2 == 1,
+            "an odd integer >= 1",
+        ),
+        "panoptic.center_threshold": _number(),
+        "panoptic.max_instances": _int(1),
+        "panoptic.stuff_area": _int(0),
+        "panoptic.max_segments": _int(2),
     }
 
 
@@ -408,6 +424,14 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
             )
     out += _adversarial_problems(v, num_devices)
     out += _volume_problems(v)
+    if has("panoptic.max_segments", "panoptic.max_instances", "dataset.num_classes"):
+        segments, instances = v["panoptic.max_segments"], v["panoptic.max_instances"]
+        if segments < instances + 1:
+            out.append(
+                f"config.panoptic.max_segments={segments}: expected more than "
+                f"config.panoptic.max_instances ({instances}), so that every predicted "
+                "instance and some stuff are counted"
+            )
     if has("loss.name"):
         out += _loss_problems(v)
     return out

@@ -158,12 +158,22 @@ def comparison_panel(
     )
     tiles = [np.asarray(image, np.uint8), middle, colorize(pred, palette, ignore_index)]
     names = ("image", "ground truth" if label is not None else "overlay", "prediction")
-    tiles = [_upscale(t, factor) for t in tiles]
+    return tiled_panel([_upscale(t, factor) for t in tiles], names, class_names, palette, title)
+
+
+def tiled_panel(
+    tiles: Sequence[np.ndarray],
+    names: Sequence[str],
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    title: str | None = None,
+) -> np.ndarray:
+    """Equal-size uint8 tiles [h, w, 3] side by side, each named, titled, with a legend."""
     gap = 4
     h, w = tiles[0].shape[:2]
     font = _font(14)
     header = 22 if title is None else 40
-    width = 3 * w + 4 * gap
+    width = len(tiles) * w + (len(tiles) + 1) * gap
     canvas = Image.new("RGB", (width, header + h + gap), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title is not None:
@@ -174,6 +184,58 @@ def comparison_panel(
         draw.text((x, header - 18), name, fill=TEXT_COLOR, font=font)
     strip = legend(class_names, palette, width)
     return np.concatenate([np.asarray(canvas), strip], axis=0)
+
+
+def panoptic_colors(
+    cls: np.ndarray, instance: np.ndarray, palette: Sequence[Sequence[int]], *, factor: int = 1
+) -> np.ndarray:
+    """A panoptic map as uint8 RGB [H * factor, W * factor, 3], with instance outlines.
+
+    Each segment gets its class colour, objects (instance >= 1) a brightness shift of their
+    own so that touching instances of one class differ; void (class < 0) is white; a black
+    line follows every segment boundary (drawn after the nearest enlargement by `factor`,
+    so it stays one pixel wide).
+    """
+    cls, instance = np.asarray(cls, np.int64), np.asarray(instance, np.int64)
+    colour = palette_array(palette)[np.clip(cls, 0, 255)].astype(np.int32)
+    shift = np.where(instance > 0, (instance * 37) % 81 - 40, 0)
+    colour = np.clip(colour + shift[..., None], 0, 255)
+    colour[cls < 0] = IGNORE_COLOR
+    colour = _upscale(colour.astype(np.uint8), factor)
+    key = _upscale(np.where(cls < 0, -1, cls * 65536 + instance), factor)
+    edge = np.zeros(key.shape, bool)
+    edge[:, 1:] |= key[:, 1:] != key[:, :-1]
+    edge[1:, :] |= key[1:, :] != key[:-1, :]
+    colour[edge] = (0, 0, 0)
+    return colour
+
+
+def panoptic_panel(
+    image: np.ndarray,
+    truth: tuple[np.ndarray, np.ndarray] | None,
+    pred: tuple[np.ndarray, np.ndarray],
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    *,
+    min_height: int = 192,
+    title: str | None = None,
+) -> np.ndarray:
+    """image | ground truth | prediction of panoptic maps (`panoptic_colors`), with a legend.
+
+    `truth` and `pred` are `(class, instance)` int maps [H, W] of `image` uint8 [H, W, 3];
+    without `truth` the middle tile is the prediction over the image.
+    """
+    factor = max(1, int(np.ceil(min_height / image.shape[0])))
+    big = _upscale(np.asarray(image, np.uint8), factor)
+    predicted = panoptic_colors(*pred, palette, factor=factor)
+    if truth is not None:
+        middle, name = panoptic_colors(*truth, palette, factor=factor), "ground truth"
+    else:
+        middle = (0.5 * big + 0.5 * predicted).astype(np.uint8)
+        name = "overlay"
+    return tiled_panel(
+        [big, middle, predicted], ("image", name, "prediction"), class_names, palette, title
+    )
 
 
 def confusion_matrix_image(

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (key, a value that is not allowed, a fragment of what the message says is allowed)
 BAD_VALUES = [
     ("seed", -1, "integer >= 0"),
-    ("task", "detection", "one of ['adversarial', 'classification', 'instance', 'semantic'"),
+    ("task", "detection", "one of ['adversarial', 'classification', 'instance', "),
     ("dataset.name", "vocc", "one of ["),
     ("dataset.config", "", "non-empty string"),
     ("dataset.data_dir", "", "non-empty string"),
@@ -99,15 +99,28 @@ BAD_VALUES = [
     ("adversarial.semi_weight", "0.1", "a finite number >= 0"),
     ("adversarial.semi_threshold", 1.0, ">= 0 and < 1"),
     ("adversarial.semi_start_step", 0.5, "integer >= 0"),
+    ("panoptic.center_sigma", 0.0, "> 0"),
+    ("panoptic.small_instance_area", -1, "integer >= 0"),
+    ("panoptic.small_instance_weight", -1.0, ">= 0"),
+    ("panoptic.top_k_ratio", 0.0, "> 0 and <= 1"),
+    ("panoptic.semantic_loss_weight", -1.0, ">= 0"),
+    ("panoptic.center_loss_weight", float("nan"), ">= 0"),
+    ("panoptic.offset_loss_weight", -0.01, ">= 0"),
+    ("panoptic.nms_kernel", 4, "odd integer"),
+    ("panoptic.center_threshold", "0.1", "a finite number"),
+    ("panoptic.max_instances", 0, "integer >= 1"),
+    ("panoptic.stuff_area", -5, "integer >= 0"),
+    ("panoptic.max_segments", 1, "integer >= 2"),
 ]
 
 
 def _base():
-    from segjax.tasks import adversarial, classification
+    from segjax.tasks import adversarial, classification, panoptic
 
     c = common.base_config()
     c.classification = classification.config_block()
     c.adversarial = adversarial.config_block()
+    c.panoptic = panoptic.config_block()
     return c
 
 
@@ -144,6 +157,7 @@ def _config_files():
         if not p.endswith(("__init__.py", "common.py"))
     )
     args = {"folder": ["classes=3"], "default": [None, "tiny"], "classify_shapes": [None, "tiny"]}
+    args["panoptic_shapes"] = [None, "tiny"]
     args["voc"] = [None, "aug"]
     args["adversarial_shapes"] = [None, "tiny", "baseline", "disc=fcn"]
     args["adversarial_semi_shapes"] = [None, "tiny", "baseline"]
@@ -203,6 +217,7 @@ def test_json_lists_and_absent_keys_are_fine():
             {"task": "adversarial", "adversarial.unlabelled_batch_size": 8},
             "needs the per-pixel confidence of 'fcn'",
         ),
+        ({"panoptic.max_segments": 200}, "more than config.panoptic.max_instances (200)"),
     ],
 )
 def test_rules_between_keys(changes, message):

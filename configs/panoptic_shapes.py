@@ -1,0 +1,48 @@
+"""Panoptic segmentation on segjax_shapes_panoptic with Panoptic-DeepLab (tiny ResNet).
+
+Stuff = three background textures, things = the five shapes, each with its instance id
+(segjax/tasks/panoptic.py); the metric is panoptic quality (PQ = SQ x RQ):
+
+  python train.py --config configs/panoptic_shapes.py --workdir workdirs/panoptic_shapes
+  python eval.py --workdir workdirs/panoptic_shapes
+
+The paper's settings scaled to 64x64 images: Gaussian centers of sigma 2 pixels, objects
+under 100 pixels weigh 3 in the semantic loss, center NMS in 5x5 windows, stuff regions
+under 32 pixels dropped. `:tiny` is the seconds-long smoke run the tests use.
+"""
+
+from configs import common
+from segjax.tasks import panoptic
+
+
+def get_config(arg: str | None = None):
+    args = common.parse_arg(arg, tiny=False, steps=0)
+    c = common.base_config()
+    c.task = "panoptic"
+    c.panoptic = panoptic.config_block()
+    c.panoptic.center_sigma = 2.0
+    c.panoptic.small_instance_area = 100
+    c.panoptic.nms_kernel = 5
+    c.panoptic.max_instances = 16
+    c.panoptic.stuff_area = 32
+    c.panoptic.max_segments = 32
+    c.dataset.name = "segjax_shapes_panoptic"
+    c.dataset.config = "small"
+    c.dataset.num_classes = 8
+    c.model.name = "panoptic_deeplab_tiny"
+    c.model.output_stride = 16
+    c.input.batch_size = 32
+    c.input.eval_batch_size = 64
+    c.input.crop_size = (64, 64)
+    c.input.eval_pad_size = (64, 64)
+    c.input.scale_range = (0.75, 1.25)
+    c.train.steps = 2000
+    c.train.log_every = 100
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    if args.tiny:
+        common.smoke_run(c)
+    if args.steps:
+        c.train.steps = args.steps
+    c.lock()
+    return c

@@ -1,0 +1,154 @@
+"""Panoptic-DeepLab's post-processing as one fixed-shape program (jittable, vmapped).
+
+From a model's semantic logits [B, H, W, K], center heatmap [B, H, W] and center offsets
+[B, H, W, 2] to a panoptic map, as the reference implementation
+(bowenc0221/panoptic-deeplab `get_panoptic_segmentation`; detectron2's
+`projects/Panoptic-DeepLab`), per image:
+
+1. semantic class = argmax of the logits;
+2. center NMS: a heatmap pixel is a center candidate when it is the maximum of its
+   `nms_kernel` x `nms_kernel` window (max-pooling) and above `center_threshold`; the
+   `top_k` highest candidates are kept (fewer when fewer pass: a validity mask);
+3. grouping: each pixel of a thing class votes for the kept center nearest to
+   `pixel + offset` (its regressed center); instance ids are 1 + the center's rank;
+4. majority vote: an instance's class is the most frequent thing class among its pixels;
+5. stuff: pixels of a stuff class form that class's segment if the class covers at least
+   `stuff_area` pixels of the image, else they are void; thing pixels with no center
+   (no center kept) are void.
+
+Every shape is fixed by the inputs' shapes and `top_k`, so the program compiles once per
+padded image size: evaluating any number of images of that size never recompiles.
+`image_hw` limits an image to its top-left region on a padded canvas (the rest is void
+and holds no center). The grouping compares every pixel with every kept center
+([H * W, top_k] distances per image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def center_candidates(
+    heatmap: Array, *, threshold: float, nms_kernel: int, top_k: int
+) -> tuple[Array, Array, Array]:
+    """The `top_k` center candidates of one heatmap [H, W] after max-pooling NMS.
+
+    Returns:
+      `(ys, xs, valid)`: int32 [top_k] coordinates, highest score first, and bool [top_k]
+      (False for the slots that no candidate above `threshold` filled).
+    """
+    h, w = heatmap.shape
+    pad = nms_kernel // 2
+    pooled = jax.lax.reduce_window(
+        heatmap,
+        -jnp.inf,
+        jax.lax.max,
+        (nms_kernel, nms_kernel),
+        (1, 1),
+        ((pad, nms_kernel - 1 - pad), (pad, nms_kernel - 1 - pad)),
+    )
+    keep = (heatmap == pooled) & (heatmap > threshold)
+    scores = jnp.where(keep, heatmap, -jnp.inf).reshape(-1)
+    k = min(int(top_k), h * w)
+    values, index = jax.lax.top_k(scores, k)
+    if k < top_k:  # an image smaller than top_k pixels: pad the slots
+        values = jnp.pad(values, (0, top_k - k), constant_values=-jnp.inf)
+        index = jnp.pad(index, (0, top_k - k))
+    return (index // w).astype(jnp.int32), (index % w).astype(jnp.int32), values > -jnp.inf
+
+
+def _image_panoptic(logits, heatmap, offset, region, is_thing, options):
+    # One image: (class [H, W] with -1 for void, instance [H, W]).
+    h, w, num_classes = logits.shape
+    top_k = options["top_k"]
+    semantic = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    heatmap = jnp.where(region, heatmap, -jnp.inf)
+    cy, cx, valid = center_candidates(
+        heatmap,
+        threshold=options["center_threshold"],
+        nms_kernel=options["nms_kernel"],
+        top_k=top_k,
+    )
+    yy, xx = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+    )
+    ty = (yy + offset[..., 0]).reshape(-1, 1)
+    tx = (xx + offset[..., 1]).reshape(-1, 1)
+    distance = (ty - cy[None].astype(jnp.float32)) ** 2 + (tx - cx[None].astype(jnp.float32)) ** 2
+    nearest = jnp.argmin(jnp.where(valid[None], distance, jnp.inf), axis=1).reshape(h, w)
+    thing = is_thing[semantic] & region
+    instance = jnp.where(thing & valid.any(), nearest + 1, 0).astype(jnp.int32)
+    # Majority vote over thing classes: votes[instance, class].
+    votes = jnp.zeros(((top_k + 1) * num_classes,), jnp.int32)
+    votes = votes.at[(instance * num_classes + semantic).reshape(-1)].add(
+        (instance > 0).reshape(-1).astype(jnp.int32)
+    )
+    votes = jnp.where(is_thing[None], votes.reshape(top_k + 1, num_classes), -1)
+    instance_class = jnp.argmax(votes, axis=1).astype(jnp.int32)
+    stuff = ~is_thing[semantic] & region
+    area = (
+        jnp.zeros((num_classes,), jnp.int32)
+        .at[semantic.reshape(-1)]
+        .add(stuff.reshape(-1).astype(jnp.int32))
+    )
+    stuff = stuff & (area[semantic] >= options["stuff_area"])
+    cls = jnp.where(instance > 0, instance_class[instance], jnp.where(stuff, semantic, -1))
+    return cls, jnp.where(cls >= 0, instance, 0)
+
+
+def panoptic_postprocess(
+    logits: Array,
+    center: Array,
+    offset: Array,
+    *,
+    thing_classes: Sequence[bool] | np.ndarray,
+    center_threshold: float = 0.1,
+    nms_kernel: int = 7,
+    top_k: int = 200,
+    stuff_area: int = 2048,
+    image_hw: Array | None = None,
+) -> dict[str, Array]:
+    """Panoptic maps of a batch from Panoptic-DeepLab's outputs (the module docstring).
+
+    Args:
+      logits: float [B, H, W, K] semantic logits (or scores).
+      center: float [B, H, W] center heatmap.
+      offset: float [B, H, W, 2] (y, x) offsets from each pixel to its center, in pixels.
+      thing_classes: bool [K], True for thing classes (static).
+      center_threshold: a center candidate's heatmap value must exceed this.
+      nms_kernel: side of the max-pooling window of the center NMS (odd).
+      top_k: the most centers (instances) kept per image (static).
+      stuff_area: the fewest pixels a stuff class needs to be kept in an image.
+      image_hw: optional int [B, 2]: each image's (h, w) in the top-left of the canvas.
+
+    Returns:
+      `{"class": int32 [B, H, W] (-1 for void), "instance": int32 [B, H, W]}` (0 for
+      stuff and void; 1..top_k for objects, unique within an image).
+    """
+    b, h, w, num_classes = logits.shape
+    is_thing = jnp.asarray(np.asarray(thing_classes, bool))
+    if is_thing.shape != (num_classes,):
+        raise ValueError(f"{is_thing.shape[0]} thing_classes flags for {num_classes} classes")
+    if nms_kernel < 1 or nms_kernel % 2 == 0:
+        raise ValueError(f"nms_kernel must be odd and >= 1, got {nms_kernel}")
+    options = dict(
+        center_threshold=center_threshold, nms_kernel=int(nms_kernel), top_k=int(top_k),
+        stuff_area=stuff_area,
+    )  # fmt: skip
+    if image_hw is None:
+        region = jnp.ones((b, h, w), bool)
+    else:
+        hw = jnp.asarray(image_hw, jnp.int32)
+        region = (jnp.arange(h)[None, :, None] < hw[:, 0, None, None]) & (
+            jnp.arange(w)[None, None, :] < hw[:, 1, None, None]
+        )
+    cls, instance = jax.vmap(lambda lg, c, o, r: _image_panoptic(lg, c, o, r, is_thing, options))(
+        logits, center, offset, region
+    )
+    return {"class": cls, "instance": instance}
