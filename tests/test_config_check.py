@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (key, a value that is not allowed, a fragment of what the message says is allowed)
 BAD_VALUES = [
     ("seed", -1, "integer >= 0"),
-    ("task", "detection", "one of ['classification', 'semantic']"),
+    ("task", "detection", "one of ['classification', 'semantic'"),
     ("dataset.name", "vocc", "one of ["),
     ("dataset.config", "", "non-empty string"),
     ("dataset.data_dir", "", "non-empty string"),
@@ -83,14 +83,30 @@ BAD_VALUES = [
     ("classification.min_pixels", 0, "integer >= 1"),
     ("classification.background_class", -2, "integer >= -1"),
     ("classification.dropout", 1.0, ">= 0 and < 1"),
+    ("volume.in_channels", 0, "integer >= 1"),
+    ("volume.crop_size", (16, 16), "(depth, height, width), 3 values"),
+    ("volume.flip_axes", (0, 3), "spatial axes among 0 (D), 1 (H), 2 (W)"),
+    ("volume.rotate90", "yes", "True or False"),
+    ("volume.normalization", "minmax", "one of ['ct', 'none', 'zscore']"),
+    ("volume.ct_window", (-100.0,), "(low, high) in HU"),
+    ("volume.target_spacing", (1.0, 0.0, 1.0), "all > 0, or (0, 0, 0)"),
+    ("volume.eval_pad_size", (0, 32, 32), "(depth, height, width), 3 values"),
+    ("volume.roi_size", (16, 16, 16, 1), "(depth, height, width), 3 values"),
+    ("volume.overlap", 1.0, ">= 0 and < 1"),
+    ("volume.blend", "median", "one of ['constant', 'gaussian']"),
+    ("volume.sigma_scale", 0.0, "> 0"),
+    ("volume.window_batch", 0, "integer >= 1"),
+    ("volume.include_background", 1, "True or False"),
+    ("volume.hd95", None, "True or False"),
 ]
 
 
 def _base():
-    from segjax.tasks import classification
+    from segjax.tasks import classification, volume
 
     c = common.base_config()
     c.classification = classification.config_block()
+    c.volume = volume.config_block()
     return c
 
 
@@ -128,6 +144,7 @@ def _config_files():
     )
     args = {"folder": ["classes=3"], "default": [None, "tiny"], "classify_shapes": [None, "tiny"]}
     args["voc"] = [None, "aug"]
+    args["volume_shapes"] = [None, "tiny", "model=vnet"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
 
@@ -161,6 +178,11 @@ def test_json_lists_and_absent_keys_are_fine():
         ({"eval.resize": (256, 256)}, "padded to that canvas"),
         ({"classification.background_class": 6}, "-1 (none) or a class in [0, 6)"),
         ({"loss.options": '{"dice": {"smooth": 0.0}}'}, "which is not in spec"),
+        ({"model.name": "unet3d_tiny"}, "config.task='semantic' needs an image model"),
+        ({"task": "volume"}, "is an image model; config.task='volume' needs one of"),
+        ({"volume.flip_axes": (1, 1)}, "an axis twice"),
+        ({"volume.crop_size": (16, 16, 8)}, "height and width must be equal"),
+        ({"volume.ct_window": (100.0, -100.0)}, "expected low < high"),
     ],
 )
 def test_rules_between_keys(changes, message):
