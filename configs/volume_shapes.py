@@ -1,9 +1,9 @@
 """Volumetric segmentation: a 3-D U-Net on the built-in volume_shapes dataset.
 
-Spheres, tubes and boxes in noisy 48^3 volumes (segjax/data/builders/volume_shapes.py);
-random 32^3 crops, flips and 90-degree rotations; cross-entropy + V-Net soft Dice;
-evaluated by 32^3 sliding windows (overlap 0.5, Gaussian blending, as MONAI), per-class
-Dice and HD95 per volume (segjax/tasks/volume.py). Minutes on a CPU:
+Spheres, tubes and boxes in noisy 32^3 volumes (segjax/data/builders/volume_shapes.py);
+random 16^3 crops (8 a batch), flips and 90-degree rotations; cross-entropy + V-Net soft
+Dice; evaluated by 16^3 sliding windows (overlap 0.5: 27 per volume, Gaussian blending,
+as MONAI), per-class Dice and HD95 per volume (segjax/tasks/volume.py). Minutes on a CPU:
 
   python train.py --config configs/volume_shapes.py --workdir workdirs/volume_shapes
   python eval.py --workdir workdirs/volume_shapes
@@ -22,6 +22,10 @@ def get_config(arg: str | None = None):
     c = common.base_config()
     c.task = "volume"
     c.volume = volume.config_block()
+    c.volume.crop_size = (16, 16, 16)
+    c.volume.roi_size = (16, 16, 16)
+    c.volume.eval_pad_size = (32, 32, 32)
+    c.volume.window_batch = 9
     c.dataset.name = "volume_shapes"
     c.dataset.num_classes = volume_shapes.NUM_CLASSES
     c.model.name = args.model
@@ -32,12 +36,12 @@ def get_config(arg: str | None = None):
     c.loss.name = "cross_entropy+dice"
     c.optimizer.learning_rate = 3e-3
     c.optimizer.warmup_steps = 20
-    c.input.batch_size = 4
-    c.input.eval_batch_size = 4
-    c.train.steps = 600
+    c.input.batch_size = 8
+    c.input.eval_batch_size = 8
+    c.train.steps = 400
     c.train.log_every = 50
-    c.train.eval_every = 300
-    c.train.checkpoint_every = 300
+    c.train.eval_every = 200
+    c.train.checkpoint_every = 200
     c.eval.num_visualizations = 4
     if args.tiny:
         c.dataset.config = "tiny"
@@ -46,8 +50,8 @@ def get_config(arg: str | None = None):
         c.volume.eval_pad_size = (16, 16, 16)
         c.volume.roi_size = (16, 16, 16)
         c.volume.window_batch = 1
-        c.input.batch_size = 2
-        c.input.eval_batch_size = 4
+        c.input.batch_size = 8
+        c.input.eval_batch_size = 8
         c.optimizer.warmup_steps = 1
         c.train.steps = 4
         c.train.log_every = 2

@@ -20,6 +20,8 @@ Examples::
         --data dataset          # also times the grain input pipeline alone
     python -m segjax.bench --model maskrcnn_resnet50_fpn --batch 2 --size 512 512
         # instance models: the instance task's step, random boxes and masks, 91 classes
+    python -m segjax.bench --model unet3d --batch 2 --size 96 96 96 --num_classes 3
+                                # a volume model: --size D H W, the volume task's step
 
 ``--data synthetic`` (default) feeds one random batch already on device, so the figures
 are the model's alone; ``--data dataset`` reads a prepared dataset (``--dataset``, default
@@ -101,6 +103,7 @@ def bench_config(
     model's default (8 for `deeplabv3_resnet50`).
     """
     from configs import common  # the repository's configs/ (run from the repository root)
+    from segjax.models.registry import VOLUME_MODELS
 
     c = common.base_config()
     c.model.name = model
@@ -113,7 +116,20 @@ def bench_config(
     if data_dir:
         c.dataset.data_dir = data_dir
     c.input.batch_size = batch
-    c.input.crop_size = tuple(size)
+    if model in VOLUME_MODELS:  # the volume task: `size` is (D, H, W), one input channel
+        from segjax.tasks import volume
+
+        if len(size) != 3:
+            raise ValueError(f"volume model {model!r} needs --size D H W, got {list(size)}")
+        c.task = "volume"
+        c.volume = volume.config_block()
+        c.volume.crop_size = tuple(size)
+        if dataset == "segjax_shapes":
+            c.dataset.name = "volume_shapes"
+    elif len(size) != 2:
+        raise ValueError(f"image model {model!r} needs --size H W, got {list(size)}")
+    else:
+        c.input.crop_size = tuple(size)
     if worker_count is not None:
         c.input.worker_count = worker_count
     c.optimizer.name = "sgd"
@@ -269,6 +285,7 @@ def run_benchmark(
     devices: int | None = None,
     inference: bool = True,
     profile_top: int = 0,
+    compile_only: bool = False,
 ) -> dict[str, Any]:
     """Compiles and times the train step (and inference) of `config`; returns the figures.
 
@@ -284,6 +301,8 @@ def run_benchmark(
       inference: also time the forward pass + argmax in eval mode.
       profile_top: when > 0, also profile two train steps and report the `profile_top`
         most expensive HLO ops under `"train_profile"` (see `profile_ops`).
+      compile_only: compile, and report compile times, memory analyses and FLOPs, but run
+        nothing (times are NaN): the memory a program needs, on a host that could not run it.
 
     Returns:
       A JSON-serialisable dict; `*_s` are seconds, `*_bytes` bytes, FLOPs from XLA's
@@ -291,22 +310,29 @@ def run_benchmark(
     """
     if data not in ("synthetic", "dataset"):
         raise ValueError(f"data={data!r}; expected 'synthetic' or 'dataset'")
+    if compile_only and data == "dataset":
+        raise ValueError("compile_only runs nothing, so it cannot time the input pipeline")
     all_devices = jax.devices()
     mesh = sharding.make_mesh(all_devices[: devices or len(all_devices)])
     num_devices = mesh.devices.size
     batch_size = config.input.batch_size
-    h, w = config.input.crop_size
     dtype = config.model.dtype
     run = train_lib.setup(config, mesh)
     rng = sharding.replicate(jax.random.key(config.seed), mesh)
     state = run.new_state(jax.random.key(config.seed))
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
 
-    instance = config.get("task", "semantic") == "instance"
-    if instance:  # boxes, classes, masks and validity of random instances
+    if run.task.name == "volume" and data == "dataset":
+        raise ValueError("--data dataset times the image pipeline; volume models: synthetic")
+    instance = run.task.name == "instance"
+    size = list(config.input.crop_size)
+    if run.task.name == "volume":  # [B, D, H, W, C] volumes: the task's own random batch
+        host_batch = run.task.example_batch(batch_size, config.seed)
+        size = list(config.volume.crop_size)
+    elif instance:  # boxes, classes, masks and validity of instances
         host_batch = run.task.example_batch(batch_size, config.seed)
     else:
-        host_batch = synthetic_batch(batch_size, (h, w), config.dataset.num_classes, config.seed)
+        host_batch = synthetic_batch(batch_size, size, config.dataset.num_classes, config.seed)
     device_batch = sharding.shard_batch(host_batch, mesh)
 
     start = time.perf_counter()
@@ -319,9 +345,13 @@ def run_benchmark(
         state, step_metrics = compiled_train(state, device_batch, rng)
         return step_metrics["loss"]
 
-    train_step_s = _median_seconds(train_once, steps, warmup)
-    loss = float(jax.device_get(train_once()))
-    profile = profile_ops(compiled_train, train_once, top=profile_top) if profile_top else None
+    if compile_only:
+        train_step_s, loss = math.nan, 0.0
+    else:
+        train_step_s = _median_seconds(train_once, steps, warmup)
+        loss = float(jax.device_get(train_once()))
+    run_profile = profile_top and not compile_only
+    profile = profile_ops(compiled_train, train_once, top=profile_top) if run_profile else None
     strides = getattr(getattr(run.model, "backbone", None), "feature_strides", None)
 
     result: dict[str, Any] = {
@@ -330,7 +360,7 @@ def run_benchmark(
         "output_stride": max(strides().values()) if strides else config.model.output_stride,
         "num_classes": config.dataset.num_classes,
         "batch": batch_size,
-        "size": [h, w],
+        "size": size,
         "dtype": dtype,
         "data": data,
         "steps": steps,
@@ -345,6 +375,7 @@ def run_benchmark(
         "train_compile_s": train_compile_s,
         "train_step_s": train_step_s,
         "train_img_per_s": batch_size / train_step_s,
+        "compile_only": compile_only,
         "train_loss_finite": math.isfinite(loss),
         "train_memory": evaluation.memory_analysis(compiled_train),
     }
@@ -372,8 +403,12 @@ def run_benchmark(
         compiled_predict = predict.lower(variables, device_batch["image"]).compile()
         result["infer_compile_s"] = time.perf_counter() - start
         infer_flops = _flops(compiled_predict)
-        infer_s = _median_seconds(
-            lambda: compiled_predict(variables, device_batch["image"]), steps, warmup
+        infer_s = (
+            math.nan
+            if compile_only
+            else _median_seconds(
+                lambda: compiled_predict(variables, device_batch["image"]), steps, warmup
+            )
         )
         result["infer_batch_s"] = infer_s
         result["infer_img_per_s"] = batch_size / infer_s
@@ -422,7 +457,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m segjax.bench", description=__doc__)
     parser.add_argument("--model", default="deeplabv3plus_tiny", help="a registered model")
     parser.add_argument("--batch", type=int, default=4, help="global batch size")
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    parser.add_argument(
+        "--size", type=int, nargs="+", default=(256, 256), help="H W (images) or D H W (volumes)"
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -446,6 +483,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no_inference", action="store_true", help="time training only")
     parser.add_argument(
         "--profile_top", type=int, default=0, help="report the N most expensive train-step ops"
+    )
+    parser.add_argument(
+        "--compile_only",
+        action="store_true",
+        help="compile and report memory and FLOPs, run nothing (times are NaN)",
     )
     args = parser.parse_args(argv)
     num_classes = args.num_classes
@@ -481,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         devices=args.devices,
         inference=not args.no_inference,
         profile_top=args.profile_top,
+        compile_only=args.compile_only,
     )
     print(json.dumps(result), flush=True)
     return result

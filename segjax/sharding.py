@@ -36,6 +36,19 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def spatial_sharding(mesh: Mesh, ndim: int, axis: int = 1) -> NamedSharding:
+    """Axis `axis` of an `ndim`-D array split over the data axis, the others whole.
+
+    For a volume batch [B, D, H, W, C], `axis=1` splits the depth and `axis=2` the
+    height: one volume too large for a device is spread over the mesh, and XLA partitions
+    the convolutions spatially, exchanging the halo voxels that each window needs between
+    neighbouring devices.
+    """
+    spec = [None] * ndim
+    spec[axis] = DATA_AXIS
+    return NamedSharding(mesh, P(*spec))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """The same full array on every device."""
     return NamedSharding(mesh, P())

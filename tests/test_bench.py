@@ -136,3 +136,29 @@ def test_gpu_table_ratio_is_against_the_twin_of_the_same_case():
     table = gpu.format_table(rows).splitlines()
     assert table[2].endswith("| 1.50x |") and "| 2.00 |" in table[3]
     assert table[4].endswith("| - |") and "failed (1)" in table[5]
+
+
+def test_a_volume_model_benchmarks_the_volume_task():
+    config = bench.bench_config("unet3d_tiny", batch=2, size=(8, 16, 16), num_classes=3)
+    assert config.task == "volume" and tuple(config.volume.crop_size) == (8, 16, 16)
+    assert config.dataset.name == "volume_shapes"
+    with pytest.raises(ValueError, match=r"needs --size D H W"):
+        bench.bench_config("unet3d_tiny", batch=2, size=(16, 16), num_classes=3)
+    with pytest.raises(ValueError, match=r"needs --size H W"):
+        bench.bench_config("unet_tiny", batch=2, size=(8, 16, 16), num_classes=3)
+
+
+@pytest.mark.slow
+def test_volume_benchmark_times_a_3d_step_and_reports_memory(capsys):
+    result = bench.main(
+        ["--model", "unet3d_tiny", "--batch", "1", "--size", "8", "16", "16",
+         "--steps", "1", "--warmup", "0", "--devices", "1", "--num_classes", "3"]
+    )  # fmt: skip
+    assert result["size"] == [8, 16, 16] and result["train_step_s"] > 0
+    assert result["train_memory"]["peak_estimate_bytes"] > 0 and result["train_loss_finite"]
+    compiled = bench.main(
+        ["--model", "unet3d_tiny", "--batch", "1", "--size", "8", "16", "16",
+         "--devices", "1", "--num_classes", "3", "--compile_only"]
+    )  # fmt: skip
+    assert compiled["compile_only"] and compiled["train_memory"]["peak_estimate_bytes"] > 0
+    assert compiled["train_step_s"] != compiled["train_step_s"]  # NaN: nothing ran

@@ -111,16 +111,32 @@ BAD_VALUES = [
     ("panoptic.max_instances", 0, "integer >= 1"),
     ("panoptic.stuff_area", -5, "integer >= 0"),
     ("panoptic.max_segments", 1, "integer >= 2"),
+    ("volume.in_channels", 0, "integer >= 1"),
+    ("volume.crop_size", (16, 16), "(depth, height, width), 3 values"),
+    ("volume.flip_axes", (0, 3), "spatial axes among 0 (D), 1 (H), 2 (W)"),
+    ("volume.rotate90", "yes", "True or False"),
+    ("volume.normalization", "minmax", "one of ['ct', 'none', 'zscore']"),
+    ("volume.ct_window", (-100.0,), "(low, high) in HU"),
+    ("volume.target_spacing", (1.0, 0.0, 1.0), "all > 0, or (0, 0, 0)"),
+    ("volume.eval_pad_size", (0, 32, 32), "(depth, height, width), 3 values"),
+    ("volume.roi_size", (16, 16, 16, 1), "(depth, height, width), 3 values"),
+    ("volume.overlap", 1.0, ">= 0 and < 1"),
+    ("volume.blend", "median", "one of ['constant', 'gaussian']"),
+    ("volume.sigma_scale", 0.0, "> 0"),
+    ("volume.window_batch", 0, "integer >= 1"),
+    ("volume.include_background", 1, "True or False"),
+    ("volume.hd95", None, "True or False"),
 ]
 
 
 def _base():
-    from segjax.tasks import adversarial, classification, panoptic
+    from segjax.tasks import adversarial, classification, panoptic, volume
 
     c = common.base_config()
     c.classification = classification.config_block()
     c.adversarial = adversarial.config_block()
     c.panoptic = panoptic.config_block()
+    c.volume = volume.config_block()
     return c
 
 
@@ -161,6 +177,7 @@ def _config_files():
     args["voc"] = [None, "aug"]
     args["adversarial_shapes"] = [None, "tiny", "baseline", "disc=fcn"]
     args["adversarial_semi_shapes"] = [None, "tiny", "baseline"]
+    args["volume_shapes"] = [None, "tiny", "model=vnet"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
 
@@ -218,6 +235,11 @@ def test_json_lists_and_absent_keys_are_fine():
             "needs the per-pixel confidence of 'fcn'",
         ),
         ({"panoptic.max_segments": 200}, "more than config.panoptic.max_instances (200)"),
+        ({"model.name": "unet3d_tiny"}, "config.task='semantic' needs an image model"),
+        ({"task": "volume"}, "is an image model; config.task='volume' needs one of"),
+        ({"volume.flip_axes": (1, 1)}, "an axis twice"),
+        ({"volume.crop_size": (16, 16, 8)}, "height and width must be equal"),
+        ({"volume.ct_window": (100.0, -100.0)}, "expected low < high"),
     ],
 )
 def test_rules_between_keys(changes, message):

@@ -32,6 +32,7 @@ from segjax.data.builders import (
     coco_instances,
     coco_panoptic,
     folder,
+    msd,
     pascal_context,
     pascal_voc,
     segjax_shapes,
@@ -138,6 +139,12 @@ DATASETS: dict[str, DatasetSpec] = {
         palette=volume_shapes.PALETTE,
         is_prepared=volume_shapes.is_prepared,
         configs=tuple(c.name for c in volume_shapes.VolumeShapes.BUILDER_CONFIGS),
+    ),
+    "msd": _real(
+        msd,
+        "a Medical Segmentation Decathlon task (TaskNN_Name.tar or its folder: dataset.json, "
+        "imagesTr/, labelsTr/)",
+        configs=(),
     ),
 }
 

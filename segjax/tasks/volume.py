@@ -28,7 +28,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import losses, metrics, optim, visualize, volume_inference, volume_metrics
+from segjax import (
+    losses,
+    metrics,
+    optim,
+    sharding,
+    visualize,
+    volume_inference,
+    volume_metrics,
+)
 from segjax.data import datasets, volumes
 from segjax.tasks import base, semantic
 
@@ -154,6 +162,29 @@ def _slice_panel(sample, pred, class_names, palette, ignore_index, title) -> np.
         ignore_index=ignore_index,
         title=f"{title}  slice {z}/{label.shape[0]}",
     )
+
+
+def spatially_sharded(loss, mesh: jax.sharding.Mesh, axis: int = 1):
+    """`loss` (a `Task.loss`) with its volumes split along `axis` (1: depth, 2: height)
+    over `mesh` instead of along the batch.
+
+    The batch's `image` [B, D, H, W, C] and `label` [B, D, H, W] are constrained to
+    `sharding.spatial_sharding`; XLA propagates the split through the model, so every
+    activation is sharded along the same axis (convolutions exchange halos between
+    neighbouring devices, BatchNorm and the loss reduce across them). The value and the
+    gradients are those of the unsplit computation, up to float summation order.
+    """
+
+    def split_loss(params, batch_stats, batch, rng):
+        batch = dict(batch)
+        for key in ("image", "label"):
+            x = batch[key]
+            batch[key] = jax.lax.with_sharding_constraint(
+                x, sharding.spatial_sharding(mesh, x.ndim, axis)
+            )
+        return loss(params, batch_stats, batch, rng)
+
+    return split_loss
 
 
 def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:

@@ -15,7 +15,7 @@ Record ``i`` of split ``s`` (``train`` = 0, ``validation`` = 1) is
      "id": str}
 
 Prepared like ``segjax_shapes`` (``array_record``, offline, on first use), read without
-TensorFlow. Configs: ``default`` (48^3, 192 train / 24 validation volumes) and ``tiny``
+TensorFlow. Configs: ``default`` (32^3, 160 train / 16 validation volumes) and ``tiny``
 (16^3, 16 / 8, for tests).
 """
 
@@ -108,9 +108,9 @@ def render_volume(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
 class VolumeShapesConfig(tfds.core.BuilderConfig):
     """Config of :class:`VolumeShapes`: volume side, split sizes and root seed."""
 
-    size: int = 48
-    num_train: int = 192
-    num_val: int = 24
+    size: int = 32
+    num_train: int = 160
+    num_val: int = 16
     seed: int = 0
 
 
@@ -120,7 +120,10 @@ class VolumeShapes(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version(_VERSION)
     RELEASE_NOTES = {_VERSION: "Initial release."}
     BUILDER_CONFIGS = [
-        VolumeShapesConfig(name="default", description="48^3, 192 / 24 volumes.", size=48),
+        VolumeShapesConfig(
+            name="default", description="32^3, 160 / 16 volumes.", size=32, num_train=160,
+            num_val=16,
+        ),
         VolumeShapesConfig(
             name="tiny", description="16^3, 16 / 8 volumes (tests).", size=16, num_train=16,
             num_val=8, seed=1,
