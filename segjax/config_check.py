@@ -146,7 +146,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     from segjax import inference, sharding, tasks
     from segjax.data import datasets
     from segjax.models.registry import MODELS
-    from segjax.tasks import adversarial
+    from segjax.tasks import adversarial, levelset
     from segjax.weights.pretrained import SCOPES
 
     hw = "(height, width)"
@@ -228,6 +228,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         # config.adversarial (segjax/tasks/adversarial.py), when the task has it.
         "adversarial.discriminator": _choice(adversarial.DISCRIMINATORS),
         "adversarial.features": _int(1),
+        "adversarial.input_stride": _int(1, 32),
         "adversarial.adv_weight": _number(0),
         "adversarial.gt_encoding": _choice(adversarial.GT_ENCODINGS),
         "adversarial.scaling_tau": _number(0, 1, lo_open=True),
@@ -242,6 +243,24 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "adversarial.semi_weight": _number(0),
         "adversarial.semi_threshold": _number(0, 1, hi_open=True),
         "adversarial.semi_start_step": _int(0),
+        # config.levelset (segjax/tasks/levelset.py), when the task has it.
+        "levelset.steps": _int(0),
+        "levelset.dt": _number(0, lo_open=True),
+        "levelset.mu": _number(0),
+        "levelset.eps": _number(0, lo_open=True),
+        "levelset.window": (
+            lambda v: _is_int(v) and (v == 0 or (v > 0 and v % 2 == 1)),
+            "0 (global means) or an odd integer >= 1 (the local box)",
+        ),
+        "levelset.region_input": _choice(levelset.REGION_INPUTS),
+        "levelset.foreground_classes": (
+            lambda v: isinstance(v, tuple | list) and all(_is_int(k) and k >= 0 for k in v),
+            "a list of class indices >= 0 (empty: every class but background_class)",
+        ),
+        "levelset.background_class": _int(-1),
+        "levelset.morph_acwe_weight": _number(0),
+        "levelset.morph_smoothing": _int(0),
+        "levelset.morph_area_weight": _number(0),
     }
 
 
@@ -359,9 +378,34 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 f"class in [0, {k})"
             )
     out += _adversarial_problems(v, num_devices)
+    out += _levelset_problems(v)
     if has("loss.name"):
         out += _loss_problems(v)
     return out
+
+
+def _levelset_problems(v: dict[str, Any]) -> list[str]:
+    # The level-set task: its block, foreground classes of the dataset.
+    if v.get("task") != "levelset":
+        return []
+    if "levelset.steps" not in v:
+        return [
+            "config.task='levelset': expected a config.levelset block "
+            "(segjax.tasks.levelset.config_block())"
+        ]
+    k = v.get("dataset.num_classes")
+    classes = v.get("levelset.foreground_classes", ())
+    if k is not None and any(c >= k for c in classes):
+        return [
+            f"config.levelset.foreground_classes={_show(classes)}: expected classes in "
+            f"[0, {k}) (config.dataset.num_classes)"
+        ]
+    if k is not None and not classes and not 0 <= v.get("levelset.background_class", 0) < k:
+        return [
+            f"config.levelset.background_class={v['levelset.background_class']}: expected a "
+            f"class in [0, {k}) when config.levelset.foreground_classes is empty"
+        ]
+    return []
 
 
 def _adversarial_problems(v: dict[str, Any], num_devices: int) -> list[str]:

@@ -12,13 +12,14 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from segjax.tasks import adversarial, classification, semantic
+from segjax.tasks import adversarial, classification, levelset, semantic
 from segjax.tasks.base import Task
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None], Task]] = {
     "semantic": semantic.build,
     "classification": classification.build,
     "adversarial": adversarial.build,
+    "levelset": levelset.build,
 }
 
 
