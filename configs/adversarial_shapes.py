@@ -26,6 +26,7 @@ def get_config(arg: str | None = None):
     c.adversarial = adversarial.config_block()
     c.adversarial.discriminator = args.disc
     c.adversarial.features = 16
+    c.adversarial.input_stride = 4  # 64x64 maps and image seen at 16x16
     c.adversarial.adv_weight = 0.1
     c.adversarial.learning_rate = 1e-4
     common.shapes_64(c)

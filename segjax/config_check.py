@@ -148,7 +148,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     from segjax.data.volumes import NORMALIZATIONS
     from segjax.models.mask_rcnn import INSTANCE_MODELS
     from segjax.models.registry import MODELS, VOLUME_MODELS
-    from segjax.tasks import adversarial
+    from segjax.tasks import adversarial, levelset
     from segjax.volume_inference import BLEND_MODES
     from segjax.weights.pretrained import SCOPES
 
@@ -239,6 +239,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         # config.adversarial (segjax/tasks/adversarial.py), when the task has it.
         "adversarial.discriminator": _choice(adversarial.DISCRIMINATORS),
         "adversarial.features": _int(1),
+        "adversarial.input_stride": _int(1, 32),
         "adversarial.adv_weight": _number(0),
         "adversarial.gt_encoding": _choice(adversarial.GT_ENCODINGS),
         "adversarial.scaling_tau": _number(0, 1, lo_open=True),
@@ -291,6 +292,24 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "panoptic.max_instances": _int(1),
         "panoptic.stuff_area": _int(0),
         "panoptic.max_segments": _int(2),
+        # config.levelset (segjax/tasks/levelset.py), when the task has it.
+        "levelset.steps": _int(0),
+        "levelset.dt": _number(0, lo_open=True),
+        "levelset.mu": _number(0),
+        "levelset.eps": _number(0, lo_open=True),
+        "levelset.window": (
+            lambda v: _is_int(v) and (v == 0 or (v > 0 and v % 2 == 1)),
+            "0 (global means) or an odd integer >= 1 (the local box)",
+        ),
+        "levelset.region_input": _choice(levelset.REGION_INPUTS),
+        "levelset.foreground_classes": (
+            lambda v: isinstance(v, tuple | list) and all(_is_int(k) and k >= 0 for k in v),
+            "a list of class indices >= 0 (empty: every class but background_class)",
+        ),
+        "levelset.background_class": _int(-1),
+        "levelset.morph_acwe_weight": _number(0),
+        "levelset.morph_smoothing": _int(0),
+        "levelset.morph_area_weight": _number(0),
     }
 
 
@@ -432,9 +451,34 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 f"config.panoptic.max_instances ({instances}), so that every predicted "
                 "instance and some stuff are counted"
             )
+    out += _levelset_problems(v)
     if has("loss.name"):
         out += _loss_problems(v)
     return out
+
+
+def _levelset_problems(v: dict[str, Any]) -> list[str]:
+    # The level-set task: its block, foreground classes of the dataset.
+    if v.get("task") != "levelset":
+        return []
+    if "levelset.steps" not in v:
+        return [
+            "config.task='levelset': expected a config.levelset block "
+            "(segjax.tasks.levelset.config_block())"
+        ]
+    k = v.get("dataset.num_classes")
+    classes = v.get("levelset.foreground_classes", ())
+    if k is not None and any(c >= k for c in classes):
+        return [
+            f"config.levelset.foreground_classes={_show(classes)}: expected classes in "
+            f"[0, {k}) (config.dataset.num_classes)"
+        ]
+    if k is not None and not classes and not 0 <= v.get("levelset.background_class", 0) < k:
+        return [
+            f"config.levelset.background_class={v['levelset.background_class']}: expected a "
+            f"class in [0, {k}) when config.levelset.foreground_classes is empty"
+        ]
+    return []
 
 
 def _adversarial_problems(v: dict[str, Any], num_devices: int) -> list[str]:

@@ -38,6 +38,8 @@ __all__ = [
     "focal_loss",
     "jaccard_loss",
     "lovasz_softmax",
+    "morphological_active_contour_loss",
+    "morphological_smoothing",
     "ohem_cross_entropy",
     "se_loss",
     "segmentation_loss",
@@ -826,3 +828,80 @@ def segmentation_loss(
         total = total + se_weight * terms["se"]
     terms["total"] = total
     return total, terms
+
+
+# ----------------------------------------------------------------------------------------
+# Unsupervised: Gur et al.'s morphological active-contour loss (needs the image, not labels).
+
+
+def _line_windows(u: jax.Array) -> list[jax.Array]:
+    # The 3-pixel line segments through each pixel of u [B, H, W] in the four directions
+    # (horizontal, vertical, both diagonals), edges repeated: 4 stacks [3, B, H, W].
+    p = jnp.pad(u, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    h, w = u.shape[1:]
+
+    def at(dy, dx):
+        return p[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+    centre = at(0, 0)
+    return [
+        jnp.stack([at(dy, dx), centre, at(-dy, -dx)])
+        for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1))
+    ]
+
+
+def morphological_smoothing(u: jax.Array, steps: int = 3) -> jax.Array:
+    """Márquez-Neila et al.'s curvature operators on a soft mask u [B, H, W], `steps` times.
+
+    `SI(u) = max over the 4 line segments S of min_S u` and `IS(u) = min_S max_S u` (3-pixel
+    segments through the pixel: horizontal, vertical, two diagonals). One step is
+    `IS(SI(u))`, as Gur et al.'s pair of morphological pooling layers. Differentiable
+    almost everywhere (max / min route the gradient to one pixel).
+    """
+    for _ in range(steps):
+        u = jnp.max(jnp.stack([jnp.min(s, axis=0) for s in _line_windows(u)]), axis=0)  # SI
+        u = jnp.min(jnp.stack([jnp.max(s, axis=0) for s in _line_windows(u)]), axis=0)  # IS
+    return u
+
+
+def morphological_active_contour_loss(
+    foreground: jax.Array,
+    image: jax.Array,
+    *,
+    lambda_in: float = 1.0,
+    lambda_out: float = 1.0,
+    smoothing_steps: int = 3,
+    area_weight: float = 0.0,
+    valid: jax.Array | None = None,
+) -> jax.Array:
+    """Gur et al.'s unsupervised active-contour loss (ICCV 2019, the "level set" variant).
+
+    With u = `foreground` [B, H, W] (a soft mask in [0, 1]) and I = `image` [B, H, W, C]:
+    c_in = sum I u / sum u and c_out = sum I (1 - u) / sum (1 - u) per image and channel
+    (over valid pixels); u_s = `morphological_smoothing(u, smoothing_steps)` (the
+    curvature term of morphological ACWE); the loss is the mean over valid pixels of
+    sum_c lambda_in (I - c_in)^2 u_s + lambda_out (I - c_out)^2 (1 - u_s), plus
+    `area_weight` times the mean of u. No labels: it asks for a smooth mask whose inside
+    and outside are each as uniform as possible (Chan-Vese's fitting energy). Gur et al.'s
+    rank term (the inside brighter than the outside) is a prior of their vessel images
+    and is left out.
+
+    Returns:
+      float32 scalar.
+    """
+    u = foreground.astype(jnp.float32)
+    image = image.astype(jnp.float32)
+    mask = jnp.ones_like(u) if valid is None else valid.astype(jnp.float32)
+    w_in, w_out = (u * mask)[..., None], ((1.0 - u) * mask)[..., None]
+    c_in = jnp.sum(image * w_in, (1, 2), keepdims=True) / (
+        jnp.sum(w_in, (1, 2), keepdims=True) + 1e-8
+    )
+    c_out = jnp.sum(image * w_out, (1, 2), keepdims=True) / (
+        jnp.sum(w_out, (1, 2), keepdims=True) + 1e-8
+    )
+    smooth = morphological_smoothing(u, smoothing_steps)
+    per_pixel = lambda_in * jnp.sum((image - c_in) ** 2, -1) * smooth + lambda_out * jnp.sum(
+        (image - c_out) ** 2, -1
+    ) * (1.0 - smooth)
+    count = jnp.maximum(jnp.sum(mask), 1.0)
+    return jnp.sum(per_pixel * mask) / count + area_weight * jnp.sum(u * mask) / count

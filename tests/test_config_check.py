@@ -85,6 +85,7 @@ BAD_VALUES = [
     ("classification.dropout", 1.0, ">= 0 and < 1"),
     ("adversarial.discriminator", "patchgan", "one of ['basic', 'fcn', 'labels', 'product']"),
     ("adversarial.features", 0, "integer >= 1"),
+    ("adversarial.input_stride", 0, "integer in [1, 32]"),
     ("adversarial.adv_weight", -0.1, ">= 0"),
     ("adversarial.gt_encoding", "soft", "one of ['onehot', 'scaling']"),
     ("adversarial.scaling_tau", 0.0, "> 0 and <= 1"),
@@ -126,17 +127,29 @@ BAD_VALUES = [
     ("volume.window_batch", 0, "integer >= 1"),
     ("volume.include_background", 1, "True or False"),
     ("volume.hd95", None, "True or False"),
+    ("levelset.steps", -1, "integer >= 0"),
+    ("levelset.dt", 0.0, "> 0"),
+    ("levelset.mu", -0.1, ">= 0"),
+    ("levelset.eps", 0.0, "> 0"),
+    ("levelset.window", 4, "odd integer >= 1"),
+    ("levelset.region_input", "features", "one of ['image', 'learned']"),
+    ("levelset.foreground_classes", (1, -2), "class indices >= 0"),
+    ("levelset.background_class", -3, "integer >= -1"),
+    ("levelset.morph_acwe_weight", -1.0, ">= 0"),
+    ("levelset.morph_smoothing", -1, "integer >= 0"),
+    ("levelset.morph_area_weight", float("nan"), ">= 0"),
 ]
 
 
 def _base():
-    from segjax.tasks import adversarial, classification, panoptic, volume
+    from segjax.tasks import adversarial, classification, levelset, panoptic, volume
 
     c = common.base_config()
     c.classification = classification.config_block()
     c.adversarial = adversarial.config_block()
     c.panoptic = panoptic.config_block()
     c.volume = volume.config_block()
+    c.levelset = levelset.config_block()
     return c
 
 
@@ -178,6 +191,7 @@ def _config_files():
     args["adversarial_shapes"] = [None, "tiny", "baseline", "disc=fcn"]
     args["adversarial_semi_shapes"] = [None, "tiny", "baseline"]
     args["volume_shapes"] = [None, "tiny", "model=vnet"]
+    args["levelset_shapes"] = [None, "tiny", "baseline"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
 
@@ -229,6 +243,10 @@ def test_json_lists_and_absent_keys_are_fine():
                 "adversarial.unlabelled_batch_size": 12,
             },
             "unlabelled_batch_size=12: expected a multiple of the number of devices (8)",
+        ),
+        (
+            {"task": "levelset", "levelset.foreground_classes": (1, 6)},
+            "expected classes in [0, 6)",
         ),
         (
             {"task": "adversarial", "adversarial.unlabelled_batch_size": 8},

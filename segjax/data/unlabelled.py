@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -42,6 +43,11 @@ class Subset:
     def __getitem__(self, i: int):
         return self.source[int(self.indices[i])]
 
+    def __repr__(self) -> str:
+        # grain checks a restored iterator against repr(source): no memory addresses.
+        digest = hashlib.sha1(self.indices.tobytes()).hexdigest()[:12]
+        return f"Subset({self.source!r}, {len(self)} records, indices {digest})"
+
 
 class WithheldLabels:
     """A source whose records have their label replaced by `UNLABELLED_PIXEL` everywhere."""
@@ -58,6 +64,9 @@ class WithheldLabels:
         record["label"] = np.full(label.shape[:2], UNLABELLED_PIXEL, np.int32)
         return record
 
+    def __repr__(self) -> str:
+        return f"WithheldLabels({self.source!r})"
+
 
 class Concatenated:
     """Several sources one after the other."""
@@ -72,6 +81,9 @@ class Concatenated:
     def __getitem__(self, i: int):
         k = int(np.searchsorted(self.offsets, i, side="right")) - 1
         return self.sources[k][i - int(self.offsets[k])]
+
+    def __repr__(self) -> str:
+        return f"Concatenated([{', '.join(map(repr, self.sources))}])"
 
 
 def split_labelled(source, fraction: float, seed: int) -> tuple[Subset, WithheldLabels]:
@@ -128,6 +140,10 @@ class ImageFiles:
         with Image.open(self.paths[i]) as img:
             image = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
         return {"image": image, "label": np.full(image.shape[:2], UNLABELLED_PIXEL, np.int32)}
+
+    def __repr__(self) -> str:
+        digest = hashlib.sha1("\n".join(self.paths).encode()).hexdigest()[:12]
+        return f"ImageFiles({len(self)} files, paths {digest})"
 
 
 class ToUnlabelled(grain.MapTransform):

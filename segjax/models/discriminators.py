@@ -51,14 +51,20 @@ class LabelMapDiscriminator(nn.Module):
     both by one 5x5 conv over the `3K` products `label_map[..., k] * image[..., c]`.
     (The paper's Pascal VOC model: `w = 64`, a 2-way softmax output, which is one logit.)
 
+    Luc et al. show the discriminator the label maps at the segmentor's output resolution
+    (1/8 of the image's for Pascal VOC) and the image downsampled to it: `input_stride`
+    average-pools both by that factor first (1: full resolution; 8 costs 1/64 of it).
+
     Attributes:
         variant: `"labels"`, `"basic"` or `"product"`.
         features: `w`.
+        input_stride: the inputs are average-pooled by this factor first.
         dtype: compute dtype; parameters float32, logits float32.
     """
 
     variant: str = "basic"
     features: int = 64
+    input_stride: int = 1
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -78,6 +84,12 @@ class LabelMapDiscriminator(nn.Module):
 
         label_map = label_map.astype(self.dtype)
         image = image.astype(self.dtype)
+        if self.input_stride > 1:
+            s = (self.input_stride, self.input_stride)
+            label_map, image = (
+                nn.avg_pool(x, s, strides=s, padding="SAME", count_include_pad=False)
+                for x in (label_map, image)
+            )
         if self.variant == "product":
             b, h, wd, k = label_map.shape
             products = (label_map[..., :, None] * image[..., None, :]).reshape(b, h, wd, 3 * k)

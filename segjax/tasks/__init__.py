@@ -4,7 +4,8 @@ A task is a frozen `segjax.tasks.base.Task` built from a config by its module's
 `build(config, mesh)`: semantic segmentation (`semantic`, the default), multi-label
 image classification (`classification`), instance segmentation (`instance`: Mask R-CNN,
 PANet), panoptic segmentation (`panoptic`: Panoptic-DeepLab), adversarial training
-(`adversarial`) and volumetric segmentation (`volume`). Adding one is one module plus
+(`adversarial`), level-set active contours (`levelset`) and volumetric segmentation
+(`volume`). Adding one is one module plus
 one line here.
 """
 
@@ -15,7 +16,15 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from segjax.tasks import adversarial, classification, instance, panoptic, semantic, volume
+from segjax.tasks import (
+    adversarial,
+    classification,
+    instance,
+    levelset,
+    panoptic,
+    semantic,
+    volume,
+)
 from segjax.tasks.base import Task
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None], Task]] = {
@@ -25,6 +34,7 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None],
     "adversarial": adversarial.build,
     "volume": volume.build,
     "panoptic": panoptic.build,
+    "levelset": levelset.build,
 }
 
 

@@ -67,6 +67,9 @@ def config_block() -> ml_collections.ConfigDict:
     # "product" also see the image); "fcn": Hung et al.'s (one logit per pixel).
     c.discriminator = "basic"
     c.features = 64  # the discriminator's base width (the papers: 64)
+    # Luc et al.'s discriminators see the maps and the image average-pooled by this
+    # (the paper: the segmentor's output stride, 8); "fcn" sees them at full size.
+    c.input_stride = 8
     c.adv_weight = 0.1  # lambda: weight of the adversarial term in the segmentor's loss
     # How the ground truth is shown to the discriminator: "onehot", or Luc et al.'s
     # "scaling" (the true class gets max(scaling_tau, p), the others share the rest in
@@ -122,7 +125,12 @@ def build_discriminator(config: ml_collections.ConfigDict) -> nn.Module:
     if ac.discriminator == "fcn":
         return ConfidenceDiscriminator(features=ac.features, dtype=dtype)
     if ac.discriminator in LABEL_MAP_VARIANTS:
-        return LabelMapDiscriminator(variant=ac.discriminator, features=ac.features, dtype=dtype)
+        return LabelMapDiscriminator(
+            variant=ac.discriminator,
+            features=ac.features,
+            input_stride=ac.get("input_stride", 1),
+            dtype=dtype,
+        )
     raise ValueError(
         f"config.adversarial.discriminator={ac.discriminator!r}; expected one of "
         f"{list(DISCRIMINATORS)}"

@@ -221,11 +221,19 @@ def make_image_predictor(model, config: ml_collections.ConfigDict, mesh) -> base
     return base.ImagePredictor(predict=predict, write=write)
 
 
-def build(config: ml_collections.ConfigDict, mesh=None, *, model=None) -> base.Task:
+def build(
+    config: ml_collections.ConfigDict,
+    mesh=None,
+    *,
+    model=None,
+    class_names: tuple[str, ...] | None = None,
+    palette: tuple[tuple[int, int, int], ...] | None = None,
+) -> base.Task:
     """The semantic segmentation task of `config` (evaluation sharded over `mesh`).
 
     `model`: the module to train and apply instead of `build_model(config)` (a task that
-    wraps a segmentor, e.g. the adversarial pair, reuses this one's evaluation with it).
+    wraps a segmentor, e.g. the adversarial pair, reuses this one's evaluation with it);
+    `class_names` / `palette`: instead of the dataset's (a task that maps its labels).
     """
     model = model if model is not None else build_model(config)
     tx, schedule = optim.make_optimizer(config, config.train.steps)
@@ -236,8 +244,9 @@ def build(config: ml_collections.ConfigDict, mesh=None, *, model=None) -> base.T
     )
     h, w = config.input.crop_size
     score_fn = make_score_fn(model, config, mesh)
-    class_names = functools.cache(lambda: datasets.class_names(config.dataset))
-    palette = functools.cache(lambda: datasets.palette(config.dataset))
+    given_names, given_palette = class_names, palette
+    class_names = functools.cache(lambda: given_names or datasets.class_names(config.dataset))
+    palette = functools.cache(lambda: given_palette or datasets.palette(config.dataset))
     ignore_index = config.dataset.ignore_index
     num_classes = config.dataset.num_classes
 

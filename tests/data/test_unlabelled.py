@@ -16,6 +16,9 @@ class _IndexSource:
     def __init__(self, n: int, size: int = 8):
         self.n, self.size = n, size
 
+    def __repr__(self) -> str:
+        return f"_IndexSource({self.n}, {self.size})"
+
     def __len__(self) -> int:
         return self.n
 
@@ -61,9 +64,10 @@ def test_split_keeps_a_fraction_labelled_and_withholds_the_rest():
 
 def test_mixed_stream_resumes_exactly_and_gates_from_its_start():
     config = _config()
-    labelled, withheld = unlabelled.split_labelled(_IndexSource(40), 0.25, seed=0)
 
     def stream():
+        # New source objects each time, as a restarted run has (grain checks their repr).
+        labelled, withheld = unlabelled.split_labelled(_IndexSource(40), 0.25, seed=0)
         return unlabelled.MixedBatches(
             pipeline.train_loader(config, labelled, per_process_batch=2, seed=0),
             pipeline.train_loader(
@@ -77,6 +81,7 @@ def test_mixed_stream_resumes_exactly_and_gates_from_its_start():
         )
 
     it = iter(stream())
+    labelled, _ = unlabelled.split_labelled(_IndexSource(40), 0.25, seed=0)
     first = [next(it) for _ in range(3)]
     assert set(first[0]) == {
         "image",

@@ -7,7 +7,6 @@ configs/adversarial_shapes.py:tiny with the default model.
 
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +15,9 @@ import optax
 import pytest
 
 from segjax import sharding, tasks, train_lib
-from segjax.checkpoint import Checkpointer
 from segjax.models import discriminators
 from segjax.tasks import adversarial
+from tests.tasks.resume import check_exact_resume
 
 IGNORE = 255
 
@@ -146,6 +145,7 @@ def test_state_holds_both_networks_and_one_partitioned_optimizer(luc):
     )
 
 
+@pytest.mark.slow  # compiles; `pytest -m slow`
 def test_each_network_gets_the_gradient_of_its_own_loss_only(luc):
     config, run = luc
     state = run.new_state(jax.random.key(0))
@@ -232,23 +232,10 @@ def test_train_resume_exactly_and_evaluate(shapes_data_dir, tmp_path):
     config = adversarial_shapes.get_config("tiny")
     with config.unlocked():
         config.dataset.data_dir = shapes_data_dir
-    workdir = str(tmp_path / "run")
     mesh = sharding.make_mesh(jax.devices()[:2])
-    final = train_lib.train_and_evaluate(config, workdir, mesh=mesh)
-    assert final["step"] == 6 and 0.0 <= final["miou"] <= 1.0
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    run = train_lib.setup(config, mesh)
-    ckpt = Checkpointer(ckpt_dir, async_save=False)
-    before = jax.device_get(ckpt.restore(6, run.abstract_state))
-    ckpt.close()
-    shutil.rmtree(os.path.join(ckpt_dir, "6"))
-    resumed = train_lib.train_and_evaluate(config, workdir, mesh=mesh)
-    ckpt = Checkpointer(ckpt_dir, async_save=False)
-    after = jax.device_get(ckpt.restore(6, run.abstract_state))
-    ckpt.close()
-    assert set(after.params) == {"segmentor", "discriminator"}
-    jax.tree.map(np.testing.assert_array_equal, before, after)
-    np.testing.assert_allclose(resumed["miou"], final["miou"])
+    final, state = check_exact_resume(config, str(tmp_path / "run"), mesh)
+    assert 0.0 <= final["miou"] <= 1.0
+    assert set(state.params) == {"segmentor", "discriminator"}
 
 
 def _semi_config(shapes_data_dir, arg="tiny"):
@@ -313,22 +300,8 @@ def test_semi_supervised_terms_equal_their_definition(shapes_data_dir):
 def test_semi_supervised_run_resumes_exactly(shapes_data_dir, tmp_path):
     config = _semi_config(shapes_data_dir)
     workdir = str(tmp_path / "run")
-    mesh = sharding.make_mesh(jax.devices()[:2])
-    final = train_lib.train_and_evaluate(config, workdir, mesh=mesh)
-    assert final["step"] == 6
+    check_exact_resume(config, workdir, sharding.make_mesh(jax.devices()[:2]))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         logged = [json.loads(line) for line in f]
     semi = [m["loss/semi"] for m in logged if "loss/semi" in m]
     assert semi and all(np.isfinite(semi))
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    run = train_lib.setup(config, mesh)
-    ckpt = Checkpointer(ckpt_dir, async_save=False)
-    before = jax.device_get(ckpt.restore(6, run.abstract_state))
-    ckpt.close()
-    shutil.rmtree(os.path.join(ckpt_dir, "6"))
-    resumed = train_lib.train_and_evaluate(config, workdir, mesh=mesh)
-    ckpt = Checkpointer(ckpt_dir, async_save=False)
-    after = jax.device_get(ckpt.restore(6, run.abstract_state))
-    ckpt.close()
-    jax.tree.map(np.testing.assert_array_equal, before, after)
-    np.testing.assert_allclose(resumed["miou"], final["miou"])
