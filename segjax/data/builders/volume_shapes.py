@@ -30,12 +30,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from segjax.data.builders import from_files
+
 CLASS_NAMES: tuple[str, ...] = ("background", "sphere", "tube", "box")
 NUM_CLASSES = len(CLASS_NAMES)
 PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200))
 SPLIT_IDS = {"train": 0, "validation": 1}
 NAME = "volume_shapes"
-VERSION = "1.0.0"
+VERSION = from_files.VERSION  # one layout of prepared dirs: <data_dir>/<name>/<config>/<version>
 _VERSION = VERSION
 
 
@@ -193,13 +195,11 @@ def volume_features(image_dtype, channels: int | None) -> tfds.features.Features
 
 def dataset_dir(data_dir: str | os.PathLike, config: str = "default") -> str:
     """``<data_dir>/volume_shapes/<config>/<VERSION>``."""
-    return os.path.join(os.fspath(data_dir), NAME, config, VERSION)
+    return from_files.dataset_dir(NAME, data_dir, config)
 
 
 def is_prepared(data_dir: str | os.PathLike, config: str = "default") -> bool:
     """Whether `config` is completely prepared under `data_dir`."""
-    from segjax.data.builders import from_files
-
     return from_files.is_prepared(NAME, data_dir, config)
 
 
