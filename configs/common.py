@@ -221,3 +221,36 @@ def deeplab_crf(c: ml_collections.ConfigDict, version: str) -> None:
     c.eval.crf.iterations = 10
     for key, value in DEEPLAB_CRF[version].items():
         c.eval.crf[key] = value
+
+
+def deeplab_voc(version: str, arg: str | None) -> ml_collections.ConfigDict:
+    """DeepLab `version` ("v1": LargeFOV VGG-16, "v2": ResNet-101) + dense CRF on VOC 2012.
+
+    The paper's 321x321 crops, SGD (momentum 0.9, weight decay 5e-4; poly decay here) and
+    the authors' CRF (`deeplab_crf`); `arg` takes `aug` and `steps=N`.
+    """
+    model, lr, batch, steps = {
+        "v1": ("deeplabv1_vgg16", 1e-3, 16, 6000),  # the paper's batch: 20
+        "v2": ("deeplabv2_resnet101", 2.5e-4, 8, 20000),  # the paper's batch: 10
+    }[version]
+    args = parse_arg(arg, aug=False, steps=steps)
+    c = base_config()
+    c.dataset.name = "voc"
+    c.dataset.config = "aug" if args.aug else "default"
+    c.dataset.num_classes = 21
+    c.input.batch_size = batch  # a multiple of 8 devices
+    c.input.eval_batch_size = 8
+    c.input.crop_size = (321, 321)
+    c.input.scale_range = (0.5, 1.5)
+    c.input.worker_count = 8
+    c.input.eval_pad_size = (512, 512)  # VOC images are <= 500x500
+    c.eval.label_pad_size = (512, 512)
+    c.model.name = model
+    c.model.output_stride = 8
+    sgd_poly(c, learning_rate=lr)
+    deeplab_crf(c, version)
+    c.train.steps = args.steps
+    c.train.eval_every = 2000
+    c.train.checkpoint_every = 2000
+    c.lock()
+    return c

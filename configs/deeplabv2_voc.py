@@ -16,27 +16,4 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    args = common.parse_arg(arg, aug=False, steps=20000)
-    c = common.base_config()
-    c.dataset.name = "voc"
-    c.dataset.config = "aug" if args.aug else "default"
-    c.dataset.num_classes = 21
-
-    c.input.batch_size = 8  # the paper: 10; a multiple of 8 devices here
-    c.input.eval_batch_size = 8
-    c.input.crop_size = (321, 321)
-    c.input.scale_range = (0.5, 1.5)
-    c.input.worker_count = 8
-    c.input.eval_pad_size = (512, 512)  # VOC images are <= 500x500
-    c.eval.label_pad_size = (512, 512)
-
-    c.model.name = "deeplabv2_resnet101"
-    c.model.output_stride = 8
-    common.sgd_poly(c, learning_rate=2.5e-4)
-    common.deeplab_crf(c, "v2")
-
-    c.train.steps = args.steps
-    c.train.eval_every = 2000
-    c.train.checkpoint_every = 2000
-    c.lock()
-    return c
+    return common.deeplab_voc("v2", arg)
