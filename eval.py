@@ -4,6 +4,7 @@
   python eval.py --workdir workdirs/default --step best      # or --step 1500
   python eval.py --workdir workdirs/default --mode slide --crop_size 96,96 --stride 64,64
   python eval.py --workdir workdirs/default --scales 0.75,1,1.25 --flip
+  python eval.py --workdir workdirs/default --crf            # + dense CRF (config.eval.crf)
   python eval.py --config configs/default.py --checkpoint_dir DIR/checkpoints --step 1500
   python eval.py --workdir workdirs/default --images 'photos/*.jpg' --output /tmp/pred
 
@@ -44,6 +45,9 @@ _FLIP = flags.DEFINE_boolean("flip", None, "Horizontal-flip TTA.")
 _RESIZE = flags.DEFINE_list("resize", None, "Resize images to fit 'height,width' (0,0: off).")
 _NUM_VIS = flags.DEFINE_integer("num_visualizations", None, "Comparison panels to write.")
 _SPEED_ITERS = flags.DEFINE_integer("speed_iters", None, "Timed runs for the speed figures.")
+_CRF = flags.DEFINE_boolean(
+    "crf", None, "Refine the probabilities by the dense CRF of config.eval.crf (--nocrf: off)."
+)
 
 
 def _with_overrides(config):
@@ -63,6 +67,12 @@ def _with_overrides(config):
         for key, value in overrides.items():
             if value is not None:
                 config.eval[key] = value
+        if _CRF.value is not None:
+            if "crf" not in config.eval:  # a config saved before the CRF existed
+                from configs import common
+
+                config.eval.crf = common.base_config().eval.crf
+            config.eval.crf.enabled = _CRF.value
     config.lock()
     return config
 

@@ -133,6 +133,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.label_pad_size = (0, 0)
     c.eval.num_visualizations = 8  # image | ground truth | prediction panels by eval.py
     c.eval.speed_iters = 10  # timed repetitions of the eval program after warm-up
+    # Fully connected CRF on the probabilities (segjax/crf.py; `eval.py --crf` turns it on).
+    # Defaults are Krähenbühl & Koltun's; `deeplab_crf` sets DeepLab v1 / v2's.
+    c.eval.crf = ml_collections.ConfigDict()
+    c.eval.crf.enabled = False
+    c.eval.crf.iterations = 10  # mean-field iterations
+    c.eval.crf.bilateral_weight = 4.0  # appearance kernel weight w_a
+    c.eval.crf.theta_alpha = 80.0  # appearance kernel position std, pixels
+    c.eval.crf.theta_beta = 13.0  # appearance kernel colour std, 0-255 units
+    c.eval.crf.spatial_weight = 3.0  # smoothness kernel weight w_s
+    c.eval.crf.theta_gamma = 3.0  # smoothness kernel position std, pixels
+    c.eval.crf.method = "auto"  # "dense" (exact, N^2), "grid" (bilateral grid) or "auto"
+    c.eval.crf.dense_max_pixels = 4096  # "auto": exact up to this many pixels per image
+    c.eval.crf.grid_spacing = 1.0  # bilateral grid cell, in kernel stds (0, 1]
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000
@@ -202,3 +215,56 @@ def shapes_64(c: ml_collections.ConfigDict, steps: int = 2000) -> None:
     c.train.log_every = 100
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
+
+
+# DeepLab's dense CRF settings: the parameters of the authors' released scripts for PASCAL
+# VOC 2012 (v1 LargeFOV: run_pascal.sh; v2 ResNet-101: run_densecrf.sh), 10 iterations.
+DEEPLAB_CRF = {
+    "v1": dict(
+        bilateral_weight=4.0, theta_alpha=121.0, theta_beta=5.0, spatial_weight=3.0, theta_gamma=3.0
+    ),
+    "v2": dict(
+        bilateral_weight=4.0, theta_alpha=67.0, theta_beta=3.0, spatial_weight=3.0, theta_gamma=1.0
+    ),
+}
+
+
+def deeplab_crf(c: ml_collections.ConfigDict, version: str) -> None:
+    """Turns on the dense CRF at evaluation with DeepLab `version`'s ("v1", "v2") parameters."""
+    c.eval.crf.enabled = True
+    c.eval.crf.iterations = 10
+    for key, value in DEEPLAB_CRF[version].items():
+        c.eval.crf[key] = value
+
+
+def deeplab_voc(version: str, arg: str | None) -> ml_collections.ConfigDict:
+    """DeepLab `version` ("v1": LargeFOV VGG-16, "v2": ResNet-101) + dense CRF on VOC 2012.
+
+    The paper's 321x321 crops, SGD (momentum 0.9, weight decay 5e-4; poly decay here) and
+    the authors' CRF (`deeplab_crf`); `arg` takes `aug` and `steps=N`.
+    """
+    model, lr, batch, steps = {
+        "v1": ("deeplabv1_vgg16", 1e-3, 16, 6000),  # the paper's batch: 20
+        "v2": ("deeplabv2_resnet101", 2.5e-4, 8, 20000),  # the paper's batch: 10
+    }[version]
+    args = parse_arg(arg, aug=False, steps=steps)
+    c = base_config()
+    c.dataset.name = "voc"
+    c.dataset.config = "aug" if args.aug else "default"
+    c.dataset.num_classes = 21
+    c.input.batch_size = batch  # a multiple of 8 devices
+    c.input.eval_batch_size = 8
+    c.input.crop_size = (321, 321)
+    c.input.scale_range = (0.5, 1.5)
+    c.input.worker_count = 8
+    c.input.eval_pad_size = (512, 512)  # VOC images are <= 500x500
+    c.eval.label_pad_size = (512, 512)
+    c.model.name = model
+    c.model.output_stride = 8
+    sgd_poly(c, learning_rate=lr)
+    deeplab_crf(c, version)
+    c.train.steps = args.steps
+    c.train.eval_every = 2000
+    c.train.checkpoint_every = 2000
+    c.lock()
+    return c

@@ -143,7 +143,7 @@ def _optional_pair(what: str) -> tuple[Callable[[Any], bool], str]:
 
 def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     """Key -> (is the value allowed, what is allowed), for every key of `base_config()`."""
-    from segjax import inference, sharding, tasks
+    from segjax import crf, inference, sharding, tasks
     from segjax.data import datasets
     from segjax.data.volumes import NORMALIZATIONS
     from segjax.models.mask_rcnn import INSTANCE_MODELS
@@ -214,6 +214,16 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "eval.label_pad_size": _optional_pair(hw),
         "eval.num_visualizations": _int(0),
         "eval.speed_iters": _int(1),
+        "eval.crf.enabled": _bool(),
+        "eval.crf.iterations": _int(1),
+        "eval.crf.bilateral_weight": _number(0),
+        "eval.crf.theta_alpha": (_number(0, lo_open=True)[0], "a kernel width > 0 (pixels)"),
+        "eval.crf.theta_beta": (_number(0, lo_open=True)[0], "a kernel width > 0 (0-255 units)"),
+        "eval.crf.spatial_weight": _number(0),
+        "eval.crf.theta_gamma": (_number(0, lo_open=True)[0], "a kernel width > 0 (pixels)"),
+        "eval.crf.method": _choice(crf.METHODS),
+        "eval.crf.dense_max_pixels": _int(1),
+        "eval.crf.grid_spacing": _number(0, 1, lo_open=True),
         "train.steps": _int(1),
         "train.log_every": _int(1),
         "train.eval_every": _int(1),

@@ -250,44 +250,47 @@ def _use_dense(params: CRFParams, height: int, width: int) -> bool:
     return params.method == "dense"
 
 
-def make_filter(image: jax.Array, params: CRFParams):
-    """`filter(q [H, W, K]) -> (appearance, smoothness)`, both [H, W, K], for one image.
+def dense_kernel(image: jax.Array, params: CRFParams) -> tuple[jax.Array, jax.Array]:
+    """The exact kernels [N, N] (appearance, smoothness) of an [H, W, 3] image, diagonal 0."""
+    h, w, _ = image.shape
+    n = h * w
 
-    Each is the kernel's sum over all other pixels (weights not applied), exact or on
-    the grid as `params.method` says (the smoothness kernel is exact either way).
+    def gram(f):
+        sq = jnp.sum(f**2, axis=-1)
+        d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2 * f @ f.T, 0.0)
+        return jnp.exp(-0.5 * d2) - jnp.eye(n, dtype=jnp.float32)
+
+    feats = bilateral_features(image, params.theta_alpha, params.theta_beta).reshape(n, 5)
+    pos = bilateral_features(image, params.theta_gamma, 1.0)[..., :2].reshape(n, 2)
+    return gram(feats), gram(pos)
+
+
+def make_pairwise(
+    image: jax.Array,
+    params: CRFParams,
+    bilateral_weight: jax.Array | float,
+    spatial_weight: jax.Array | float,
+):
+    """`pairwise(q [H, W, K]) -> sum_m w_m sum_{j != i} k_m(f_i, f_j) q_j`, [H, W, K].
+
+    Exact (one [N, N] matrix, built once for all iterations) or on the bilateral grid
+    as `params.method` says; the smoothness kernel is exact either way.
     """
     h, w, _ = image.shape
     if _use_dense(params, h, w):
-        feats = bilateral_features(image, params.theta_alpha, params.theta_beta).reshape(h * w, 5)
-        pos = bilateral_features(image, params.theta_gamma, 1.0)[..., :2].reshape(h * w, 2)
+        app, smooth = dense_kernel(image, params)
+        matrix = bilateral_weight * app + spatial_weight * smooth
 
-        def filt(q):
-            k = q.shape[-1]
-            flat = q.reshape(h * w, k)
-            app = dense_filter(feats, flat).reshape(h, w, k)
-            smooth = dense_filter(pos, flat).reshape(h, w, k)
-            return app, smooth
+        def pairwise(q):
+            return (matrix @ q.reshape(h * w, -1)).reshape(q.shape)
 
-        return filt
+        return pairwise
 
-    def filt(q):
+    def pairwise(q):
         app = grid_filter(image, q, params.theta_alpha, params.theta_beta, params.grid_spacing)
-        return app, spatial_filter(q, params.theta_gamma)
+        return bilateral_weight * app + spatial_weight * spatial_filter(q, params.theta_gamma)
 
-    return filt
-
-
-def pairwise_message(
-    q: jax.Array,
-    filt,
-    compatibility: jax.Array,
-    bilateral_weight: jax.Array | float,
-    spatial_weight: jax.Array | float,
-) -> jax.Array:
-    """`sum_l' mu(l, l') sum_m w_m sum_{j != i} k_m(i, j) Q_j(l')`: [H, W, K]."""
-    app, smooth = filt(q)
-    pair = bilateral_weight * app + spatial_weight * smooth
-    return jnp.einsum("hwm,lm->hwl", pair, compatibility)
+    return pairwise
 
 
 def mean_field(
@@ -299,6 +302,7 @@ def mean_field(
     bilateral_weight: jax.Array | float | None = None,
     spatial_weight: jax.Array | float | None = None,
     return_history: bool = False,
+    return_logits: bool = False,
 ) -> jax.Array:
     """Mean-field inference of one image's dense CRF.
 
@@ -310,6 +314,8 @@ def mean_field(
       bilateral_weight, spatial_weight: override `params`' weights with (traced,
         learnable) values; CRF-as-RNN passes its parameters here.
       return_history: also return Q after every iteration, [iterations, H, W, K].
+      return_logits: return the last update's scores `-U - message` instead of Q
+        (their softmax is Q): CRF-as-RNN's logits.
 
     Returns:
       Q [H, W, K] float32, the marginals after `params.iterations` parallel updates
@@ -320,12 +326,17 @@ def mean_field(
     mu = jnp.asarray(potts(k) if compatibility is None else compatibility, jnp.float32)
     wa = params.bilateral_weight if bilateral_weight is None else bilateral_weight
     ws = params.spatial_weight if spatial_weight is None else spatial_weight
-    filt = make_filter(image.astype(jnp.float32), params)
+    pairwise = make_pairwise(image.astype(jnp.float32), params, wa, ws)
+
+    def scores(q):
+        return -unary - jnp.einsum("hwm,lm->hwl", pairwise(q), mu)
 
     def step(q):
-        return jax.nn.softmax(-unary - pairwise_message(q, filt, mu, wa, ws), axis=-1)
+        return jax.nn.softmax(scores(q), axis=-1)
 
     q0 = jax.nn.softmax(-unary, axis=-1)
+    if return_logits:
+        return scores(jax.lax.fori_loop(0, params.iterations - 1, lambda _, q: step(q), q0))
     if return_history:
 
         def scan_step(q, _):
@@ -346,11 +357,13 @@ def mean_field_energy(
     """The mean-field free energy KL(Q || P) - log Z of one image, a scalar.
 
     `sum_i <U_i, Q_i> + 1/2 sum_i <Q_i, message_i> + sum_i <Q_i, log Q_i>`, with the
-    pairwise message of `pairwise_message` (each pair counted once).
+    pairwise message of the update (each pair counted once).
     """
     mu = jnp.asarray(potts(q.shape[-1]) if compatibility is None else compatibility, jnp.float32)
-    filt = make_filter(image.astype(jnp.float32), params)
-    msg = pairwise_message(q, filt, mu, params.bilateral_weight, params.spatial_weight)
+    pairwise = make_pairwise(
+        image.astype(jnp.float32), params, params.bilateral_weight, params.spatial_weight
+    )
+    msg = jnp.einsum("hwm,lm->hwl", pairwise(q), mu)
     entropy_term = jnp.sum(q * jnp.log(jnp.maximum(q, _EPS)))
     return jnp.sum(q * unary) + 0.5 * jnp.sum(q * msg) + entropy_term
 
@@ -361,4 +374,5 @@ def dense_crf(probs: jax.Array, images: jax.Array, params: CRFParams) -> jax.Arr
     Unaries are `-log(max(probs, 1e-8))`; returns Q [B, H, W, K] float32.
     """
     unary = -jnp.log(jnp.maximum(probs.astype(jnp.float32), _EPS))
-    return jax.vmap(lambda u, im: mean_field(u, im, params))(unary, images)
+    # One image at a time: the dense kernel and the grid are per image and large.
+    return jax.lax.map(lambda args: mean_field(*args, params), (unary, images))

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from segjax import crf
+
 ApplyFn = Callable[[jax.Array], jax.Array]
 
 MODES = ("whole", "slide")
@@ -284,16 +286,69 @@ def fit_size(height: int, width: int, target: Sequence[int]) -> tuple[int, int]:
     return max(round(height * ratio), 1), max(round(width * ratio), 1)
 
 
-def make_predict_fn(model, mode: InferenceMode, *, window_sharding: Any = None) -> Callable:
+def crf_params(config: ml_collections.ConfigDict) -> crf.CRFParams | None:
+    """The dense CRF of a config's `eval.crf` block when enabled; None when off or absent."""
+    block = config.eval.get("crf")
+    if block is None or not block.enabled:
+        return None
+    return crf.CRFParams.from_config(block)
+
+
+def crf_refine(
+    scores: jax.Array,
+    images: jax.Array,
+    params: crf.CRFParams,
+    *,
+    num_views: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> jax.Array:
+    """`predict`'s scores refined by the dense CRF (`segjax.crf.dense_crf`), same convention.
+
+    Args:
+      scores: [B, H, W, K] from `predict`: logits (one view) or mean probabilities.
+      images: the normalised model input [B, H, W, 3]; `* std + mean` gives the RGB
+        (0-255) colours of the appearance kernel.
+      params: the CRF.
+      num_views: `mode.num_views` (1: `scores` are logits).
+      mean, std: the input normalisation (`config.input.mean/std`, 0-255 units).
+
+    Returns:
+      [B, H, W, K]: log Q (logits-like, so softmax gives Q) for one view, else Q.
+    """
+    probs = jax.nn.softmax(scores, axis=-1) if num_views == 1 else scores
+    rgb = images.astype(jnp.float32) * jnp.asarray(std, jnp.float32) + jnp.asarray(
+        mean, jnp.float32
+    )
+    q = crf.dense_crf(probs, rgb, params)
+    return jnp.log(jnp.maximum(q, 1e-30)) if num_views == 1 else q
+
+
+def make_predict_fn(
+    model,
+    mode: InferenceMode,
+    *,
+    window_sharding: Any = None,
+    crf_params: crf.CRFParams | None = None,
+    image_mean: Sequence[float] = (0.0, 0.0, 0.0),
+    image_std: Sequence[float] = (1.0, 1.0, 1.0),
+) -> Callable:
     """`predict_fn(variables, images [B, H, W, 3]) -> scores [B, H, W, K]` (pure, jittable).
 
-    `variables` are `{"params", "batch_stats"}`; the model runs in eval mode.
+    `variables` are `{"params", "batch_stats"}`; the model runs in eval mode. With
+    `crf_params`, the scores are refined by the dense CRF (`crf_refine`, whose colours
+    are `images * image_std + image_mean`).
     """
 
     def predict_fn(variables, images):
         def apply_fn(x):
             return model.apply(variables, x, train=False)["logits"]
 
-        return predict(apply_fn, images, mode, window_sharding=window_sharding)
+        scores = predict(apply_fn, images, mode, window_sharding=window_sharding)
+        if crf_params is None:
+            return scores
+        return crf_refine(
+            scores, images, crf_params, num_views=mode.num_views, mean=image_mean, std=image_std
+        )
 
     return predict_fn

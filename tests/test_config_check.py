@@ -69,6 +69,16 @@ BAD_VALUES = [
     ("eval.label_pad_size", (-1, -1), "both 0 (off) or both >= 1"),
     ("eval.num_visualizations", -1, "integer >= 0"),
     ("eval.speed_iters", 0, "integer >= 1"),
+    ("eval.crf.enabled", 1, "True or False"),
+    ("eval.crf.iterations", 0, "integer >= 1"),
+    ("eval.crf.bilateral_weight", -1.0, ">= 0"),
+    ("eval.crf.theta_alpha", -80.0, "kernel width > 0"),
+    ("eval.crf.theta_beta", 0.0, "kernel width > 0"),
+    ("eval.crf.spatial_weight", float("nan"), ">= 0"),
+    ("eval.crf.theta_gamma", -3.0, "kernel width > 0"),
+    ("eval.crf.method", "permutohedral", "one of ['auto', 'dense', 'grid']"),
+    ("eval.crf.dense_max_pixels", 0, "integer >= 1"),
+    ("eval.crf.grid_spacing", 2.0, "> 0 and <= 1"),
     ("train.steps", -5, "integer >= 1"),
     ("train.log_every", 0, "integer >= 1"),
     ("train.eval_every", 0, "integer >= 1"),
@@ -192,6 +202,7 @@ def _config_files():
     args["adversarial_semi_shapes"] = [None, "tiny", "baseline"]
     args["volume_shapes"] = [None, "tiny", "model=vnet"]
     args["levelset_shapes"] = [None, "tiny", "baseline"]
+    args["deeplabv1_voc"] = args["deeplabv2_voc"] = [None, "aug"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
 

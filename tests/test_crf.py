@@ -124,3 +124,20 @@ def test_energy_decreases_over_iterations():
 def test_bad_params_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         crf.CRFParams(**{field: value})
+
+
+def test_crf_refine_keeps_the_score_convention():
+    from segjax import inference
+
+    rng = np.random.default_rng(4)
+    rgb = _image(rng, 5, 6)[None]
+    mean, std = (120.0, 110.0, 100.0), (60.0, 55.0, 50.0)
+    images = (rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    logits = jnp.asarray(rng.normal(0, 2, (1, 5, 6, 3)), jnp.float32)
+    p = crf.CRFParams(iterations=2, theta_alpha=3.0, theta_beta=30.0, theta_gamma=1.0)
+    want = crf.dense_crf(jax.nn.softmax(logits, -1), jnp.asarray(rgb), p)
+    one = inference.crf_refine(logits, images, p, num_views=1, mean=mean, std=std)
+    np.testing.assert_allclose(jax.nn.softmax(one, -1), want, atol=1e-5)
+    probs = jax.nn.softmax(logits, -1)
+    two = inference.crf_refine(probs, images, p, num_views=2, mean=mean, std=std)
+    np.testing.assert_allclose(two, want, atol=1e-5)

@@ -142,3 +142,16 @@ def test_eval_names_a_bad_override_before_restoring(eval_cli, workdir, tmp_path)
     with pytest.raises(SystemExit, match=r"config\.eval\.stride=\(48, 32\): expected at most"):
         run_eval_cli(eval_cli, argv)
     assert not out.exists()
+
+
+@pytest.mark.slow  # ~4 min wall on the loaded 2-core CPU (10 dense-CRF iterations a batch)
+def test_eval_with_the_dense_crf(eval_cli, workdir, tmp_path):
+    out = str(tmp_path / "out")
+    argv = ["--workdir", workdir, "--output", out, "--crf", "--num_visualizations", "0"]
+    run_eval_cli(eval_cli, [*argv, "--speed_iters", "1"])
+    eval_dir = os.path.join(out, "eval")
+    (report_name,) = [f for f in os.listdir(eval_dir) if f.endswith(".json")]
+    with open(os.path.join(eval_dir, report_name)) as f:
+        report = json.load(f)
+    assert report["inference"]["mode"].startswith("whole + dense CRF 10 it")
+    assert 0 <= report["summary"]["miou"] <= 1

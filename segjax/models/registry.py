@@ -43,6 +43,7 @@ FAMILIES: tuple[str, ...] = (
     "segjax.models.attention",
     "segjax.models.bisenet",
     "segjax.models.context",
+    "segjax.models.crfrnn",
     "segjax.models.deeplab",
     "segjax.models.enet",
     "segjax.models.fcn",

@@ -110,6 +110,15 @@ def make_train_step(
     return base.make_train_step(make_loss(model, loss_fn, aux_weight=aux_weight), tx, schedule)
 
 
+def _crf_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    # The dense CRF of `config.eval.crf` (or none) and the colours it needs.
+    return dict(
+        crf_params=inference.crf_params(config),
+        image_mean=tuple(config.input.mean),
+        image_std=tuple(config.input.std),
+    )
+
+
 def make_score_fn(model, config: ml_collections.ConfigDict, mesh=None) -> Callable:
     """`score_fn(variables, batch) -> scores` float32 [B, Hl, Wl, K] at original size.
 
@@ -120,7 +129,9 @@ def make_score_fn(model, config: ml_collections.ConfigDict, mesh=None) -> Callab
     """
     mode = inference.InferenceMode.from_config(config.eval)
     window_sharding = sharding.data_sharding(mesh) if mesh is not None else None
-    predict_fn = inference.make_predict_fn(model, mode, window_sharding=window_sharding)
+    predict_fn = inference.make_predict_fn(
+        model, mode, window_sharding=window_sharding, **_crf_options(config)
+    )
     resized = eval_pipeline.resize_setting(config) is not None
 
     def score_fn(variables, batch: dict) -> jax.Array:
@@ -200,7 +211,7 @@ def make_image_predictor(model, config: ml_collections.ConfigDict, mesh) -> base
     """
     mode = inference.InferenceMode.from_config(config.eval)
     predict_fn = inference.make_predict_fn(
-        model, mode, window_sharding=sharding.data_sharding(mesh)
+        model, mode, window_sharding=sharding.data_sharding(mesh), **_crf_options(config)
     )
 
     def predict(variables, images):
@@ -289,7 +300,8 @@ def build(
 
     def describe():
         return {
-            "mode": inference.InferenceMode.from_config(config.eval).describe(),
+            "mode": inference.InferenceMode.from_config(config.eval).describe()
+            + (f" + {p.describe()}" if (p := inference.crf_params(config)) else ""),
             "eval_pad_size": list(config.input.eval_pad_size),
             "resize": list(config.eval.resize),
             "global_batch_size": int(config.input.eval_batch_size),

@@ -59,6 +59,7 @@ TINY = [
     "denseaspp_tiny",
     "duc_hdc_tiny",  # pixel-shuffled logits cropped to odd sizes
     "refinenet_tiny",
+    "fcn_crfrnn_tiny",  # fcn8s_tiny + mean-field CRF iterations (exact dense kernel at 33x47)
 ]
 REQUIRED = {
     "deeplabv3plus_resnet50",
@@ -100,6 +101,7 @@ def _pixel_outputs(out: dict) -> list:
 # and the float32 abstract check of every model.
 _LATER_FAMILIES = ("attention", "bisenet", "context", "enet", "hrnet", "lraspp", "ocrnet")
 _LATER_FAMILIES += ("panoptic_deeplab",)  # its own tests: tests/tasks/test_panoptic.py
+_LATER_FAMILIES += ("crfrnn",)
 LATER = {
     name
     for family in _LATER_FAMILIES
