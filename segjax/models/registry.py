@@ -53,6 +53,7 @@ FAMILIES: tuple[str, ...] = (
     "segjax.models.mmseg_layouts",
     "segjax.models.ocrnet",
     "segjax.models.pyramid",
+    "segjax.models.reseg",
     "segjax.models.segnet",
     "segjax.models.unet",
 )
