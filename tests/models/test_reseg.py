@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from segjax.models.reseg import ReNetLayer
 
@@ -21,6 +22,7 @@ def test_renet_output_sees_every_input_and_compiles_once():
     assert f._cache_size() == 1
 
 
+@pytest.mark.slow  # a second ReNet compile (~50 s wall on the loaded CPU)
 def test_lstm_cell_and_padding_to_whole_patches():
     # 7 x 5 with 2 x 3 patches: zero-padded to 8 x 6, then 4 x 2 patches.
     layer = ReNetLayer(3, (2, 3), "lstm")
