@@ -54,6 +54,7 @@ FAMILIES: tuple[str, ...] = (
     "segjax.models.ocrnet",
     "segjax.models.panoptic_deeplab",
     "segjax.models.pyramid",
+    "segjax.models.reseg",
     "segjax.models.segnet",
     "segjax.models.unet",
 )

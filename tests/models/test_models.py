@@ -59,6 +59,7 @@ TINY = [
     "denseaspp_tiny",
     "duc_hdc_tiny",  # pixel-shuffled logits cropped to odd sizes
     "refinenet_tiny",
+    "reseg_tiny",  # VGG stages + ReNet (bidirectional GRU sweeps over rows, then columns)
     "fcn_crfrnn_tiny",  # fcn8s_tiny + mean-field CRF iterations (exact dense kernel at 33x47)
 ]
 REQUIRED = {
@@ -101,7 +102,7 @@ def _pixel_outputs(out: dict) -> list:
 # and the float32 abstract check of every model.
 _LATER_FAMILIES = ("attention", "bisenet", "context", "enet", "hrnet", "lraspp", "ocrnet")
 _LATER_FAMILIES += ("panoptic_deeplab",)  # its own tests: tests/tasks/test_panoptic.py
-_LATER_FAMILIES += ("crfrnn",)
+_LATER_FAMILIES += ("crfrnn", "reseg")
 LATER = {
     name
     for family in _LATER_FAMILIES
