@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from configs import common
-from segjax import config_check, eval_lib, sharding, train_lib
+from segjax import config_check, eval_lib, sharding, tasks, train_lib
 from segjax.train_lib import _flat_items
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (key, a value that is not allowed, a fragment of what the message says is allowed)
 BAD_VALUES = [
     ("seed", -1, "integer >= 0"),
-    ("task", "detection", "one of ['adversarial', 'classification', 'instance', "),
+    ("task", "detection", f"one of {sorted(tasks.TASKS)}"),
     ("dataset.name", "vocc", "one of ["),
     ("dataset.config", "", "non-empty string"),
     ("dataset.data_dir", "", "non-empty string"),
