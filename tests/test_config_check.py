@@ -17,7 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (key, a value that is not allowed, a fragment of what the message says is allowed)
 BAD_VALUES = [
     ("seed", -1, "integer >= 0"),
-    ("task", "detection", "one of ['adversarial', 'classification', 'levelset', 'semantic'"),
+    (
+        "task",
+        "detection",
+        "one of ['adversarial', 'classification', 'distill', 'levelset', 'semantic'",
+    ),
     ("dataset.name", "vocc", "one of ["),
     ("dataset.config", "", "non-empty string"),
     ("dataset.data_dir", "", "non-empty string"),
@@ -111,13 +115,21 @@ BAD_VALUES = [
     ("levelset.morph_acwe_weight", -1.0, ">= 0"),
     ("levelset.morph_smoothing", -1, "integer >= 0"),
     ("levelset.morph_area_weight", float("nan"), ">= 0"),
+    ("distill.teacher_workdir", 3, "a string"),
+    ("distill.teacher_step", "last", "'latest', 'best' or a step number"),
+    ("distill.temperature", 0.0, "> 0"),
+    ("distill.kd_weight", -1.0, ">= 0"),
+    ("distill.feature_key", "layer3", "a backbone level such as 's8'"),
+    ("distill.feature_weight", -1.0, ">= 0"),
+    ("distill.feature_tau", -4.0, "> 0"),
 ]
 
 
 def _base():
-    from segjax.tasks import adversarial, classification, levelset
+    from segjax.tasks import adversarial, classification, distill, levelset
 
     c = common.base_config()
+    c.distill = distill.config_block()
     c.classification = classification.config_block()
     c.adversarial = adversarial.config_block()
     c.levelset = levelset.config_block()
@@ -161,6 +173,7 @@ def _config_files():
     args["adversarial_shapes"] = [None, "tiny", "baseline", "disc=fcn"]
     args["adversarial_semi_shapes"] = [None, "tiny", "baseline"]
     args["levelset_shapes"] = [None, "tiny", "baseline"]
+    args["distill_shapes"] = [None, "tiny", "teacher", "features=s16"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
 
@@ -211,6 +224,7 @@ def test_json_lists_and_absent_keys_are_fine():
             },
             "unlabelled_batch_size=12: expected a multiple of the number of devices (8)",
         ),
+        ({"task": "distill"}, "expected config.distill.teacher_workdir"),
         (
             {"task": "levelset", "levelset.foreground_classes": (1, 6)},
             "expected classes in [0, 6)",

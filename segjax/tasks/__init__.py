@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from segjax.tasks import adversarial, classification, levelset, semantic
+from segjax.tasks import adversarial, classification, distill, levelset, semantic
 from segjax.tasks.base import Task
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None], Task]] = {
@@ -20,6 +20,7 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None],
     "classification": classification.build,
     "adversarial": adversarial.build,
     "levelset": levelset.build,
+    "distill": distill.build,
 }
 
 
