@@ -320,6 +320,20 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "levelset.morph_acwe_weight": _number(0),
         "levelset.morph_smoothing": _int(0),
         "levelset.morph_area_weight": _number(0),
+        # config.distill (segjax/tasks/distill.py), when the task has it.
+        "distill.teacher_workdir": _string(),  # non-empty for the task: _distill_problems
+        "distill.teacher_step": (
+            lambda v: isinstance(v, str) and (v in ("latest", "best") or v.isdigit()),
+            "'latest', 'best' or a step number (as a string)",
+        ),
+        "distill.temperature": _number(0, lo_open=True),
+        "distill.kd_weight": _number(0),
+        "distill.feature_key": (
+            lambda v: isinstance(v, str) and (v == "" or (v[:1] == "s" and v[1:].isdigit())),
+            "'' (no feature distillation) or a backbone level such as 's8', 's16'",
+        ),
+        "distill.feature_weight": _number(0),
+        "distill.feature_tau": _number(0, lo_open=True),
     }
 
 
@@ -462,6 +476,11 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 "instance and some stuff are counted"
             )
     out += _levelset_problems(v)
+    if v.get("task") == "distill" and not v.get("distill.teacher_workdir", "").strip():
+        out.append(
+            "config.task='distill': expected config.distill.teacher_workdir, the --workdir "
+            "of a finished run (a config.distill block: segjax.tasks.distill.config_block())"
+        )
     if has("loss.name"):
         out += _loss_problems(v)
     return out

@@ -148,13 +148,21 @@ BAD_VALUES = [
     ("levelset.morph_acwe_weight", -1.0, ">= 0"),
     ("levelset.morph_smoothing", -1, "integer >= 0"),
     ("levelset.morph_area_weight", float("nan"), ">= 0"),
+    ("distill.teacher_workdir", 3, "a string"),
+    ("distill.teacher_step", "last", "'latest', 'best' or a step number"),
+    ("distill.temperature", 0.0, "> 0"),
+    ("distill.kd_weight", -1.0, ">= 0"),
+    ("distill.feature_key", "layer3", "a backbone level such as 's8'"),
+    ("distill.feature_weight", -1.0, ">= 0"),
+    ("distill.feature_tau", -4.0, "> 0"),
 ]
 
 
 def _base():
-    from segjax.tasks import adversarial, classification, levelset, panoptic, volume
+    from segjax.tasks import adversarial, classification, distill, levelset, panoptic, volume
 
     c = common.base_config()
+    c.distill = distill.config_block()
     c.classification = classification.config_block()
     c.adversarial = adversarial.config_block()
     c.panoptic = panoptic.config_block()
@@ -203,6 +211,7 @@ def _config_files():
     args["volume_shapes"] = [None, "tiny", "model=vnet"]
     args["levelset_shapes"] = [None, "tiny", "baseline"]
     args["deeplabv1_voc"] = args["deeplabv2_voc"] = [None, "aug"]
+    args["distill_shapes"] = [None, "tiny", "teacher", "features=s16"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
 
@@ -255,6 +264,7 @@ def test_json_lists_and_absent_keys_are_fine():
             },
             "unlabelled_batch_size=12: expected a multiple of the number of devices (8)",
         ),
+        ({"task": "distill"}, "expected config.distill.teacher_workdir"),
         (
             {"task": "levelset", "levelset.foreground_classes": (1, 6)},
             "expected classes in [0, 6)",

@@ -4,9 +4,8 @@ A task is a frozen `segjax.tasks.base.Task` built from a config by its module's
 `build(config, mesh)`: semantic segmentation (`semantic`, the default), multi-label
 image classification (`classification`), instance segmentation (`instance`: Mask R-CNN,
 PANet), panoptic segmentation (`panoptic`: Panoptic-DeepLab), adversarial training
-(`adversarial`), level-set active contours (`levelset`) and volumetric segmentation
-(`volume`). Adding one is one module plus
-one line here.
+(`adversarial`), distillation (`distill`), level-set active contours (`levelset`) and
+volumetric segmentation (`volume`). Adding one is one module plus one line here.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import ml_collections
 from segjax.tasks import (
     adversarial,
     classification,
+    distill,
     instance,
     levelset,
     panoptic,
@@ -35,6 +35,7 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh | None],
     "volume": volume.build,
     "panoptic": panoptic.build,
     "levelset": levelset.build,
+    "distill": distill.build,
 }
 
 
