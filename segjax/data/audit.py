@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from segjax.data import datasets, transforms
+from segjax.data import datasets, transforms, volumes
 from segjax.data.builders import folder, from_files
 
 # (name shown in problems, reader) with reader() -> (image (h, w), label name, label [H, W]);
@@ -155,14 +155,17 @@ def prepared_examples(source, split: str) -> Iterable[Example]:
         def read():
             try:
                 record = source[i]
-                sample = transforms.decode_record(record)
+                # A volume (its record has a voxel spacing): [D, H, W] voxels, not [H, W].
+                is_volume = "spacing" in record
+                sample = (volumes.decode_volume if is_volume else transforms.decode_record)(record)
             except Exception as e:  # A corrupt record: name it and go on.
                 raise ValueError(f"{split} record {i}: cannot decode ({e})") from e
             record_id = record.get("id")
             if isinstance(record_id, bytes):
                 record_id = record_id.decode()
             name = f"{split} record {i}" + (f" (id {record_id})" if record_id is not None else "")
-            return sample["image"].shape[:2], name + " label", sample["label"]
+            size = sample["image"].shape[: 3 if is_volume else 2]
+            return size, name + " label", sample["label"]
 
         return read
 

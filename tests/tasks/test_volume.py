@@ -169,3 +169,12 @@ def test_train_resume_exactly_and_evaluate(volume_config, tmp_path):
     assert evaluated["speed"]["images_per_second"] > 0
     assert evaluated["memory"]["parameters"] > 0
     assert len(os.listdir(os.path.join(out, "eval", evaluated["files"]["visualizations"]))) == 1
+
+
+def test_audit_counts_voxels_of_a_prepared_volume_dataset(volume_data_dir, capsys):
+    from segjax.data import audit
+
+    assert audit.main(["--dataset", "volume_shapes", "--config", "tiny",
+                       "--data_dir", volume_data_dir]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"split train: 16 images, {16 * 16**3:,} label pixels" in out and "no problems" in out
