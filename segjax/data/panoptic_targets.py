@@ -60,6 +60,10 @@ class PanopticSource:
     def __len__(self) -> int:
         return len(self._source)
 
+    def __repr__(self) -> str:
+        # grain checks a restored iterator against repr(source): keep it stable.
+        return f"PanopticSource({self._source!r}, ignore_index={self._ignore_index})"
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         record = self._source[index]
         if "instance" not in record:
