@@ -90,6 +90,8 @@ def test_bench_config_matches_the_torch_reference():
     assert config.dataset.num_classes == 21 and config.input.crop_size == (256, 256)
 
 
+# 30 s on a quiet 2-core machine, 10 min at load 20 (three models compiled in a subprocess).
+@pytest.mark.slow
 def test_gpu_comparison_dry_run_prints_its_table(tmp_path):
     # benchmarks/gpu.py end to end on the CPU (tiny model, one step; no torch given): the
     # script that a lent GPU runs is checked here before it meets one.
