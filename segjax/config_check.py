@@ -256,6 +256,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "adversarial.optimizer": _choice(("sgd", "adamw")),
         "adversarial.learning_rate": _number(0),
         "adversarial.weight_decay": _number(0),
+        "adversarial.critic_clip": _number(0),
         "adversarial.labelled_fraction": _number(0, 1, lo_open=True),
         "adversarial.split_seed": _int(0),
         "adversarial.unlabelled_list": _string(),
@@ -533,6 +534,11 @@ def _adversarial_problems(v: dict[str, Any], num_devices: int) -> list[str]:
             f"number of devices ({num_devices}), so that the batch splits evenly over them"
         )
     disc = v.get("adversarial.discriminator", "fcn")
+    if ub and disc == "segan":
+        out.append(
+            f"config.adversarial.unlabelled_batch_size={ub}: expected 0 with "
+            "config.adversarial.discriminator='segan' (its loss needs the ground truth)"
+        )
     if ub and v.get("adversarial.semi_weight", 0) > 0 and disc != "fcn":
         out.append(
             f"config.adversarial.semi_weight={v['adversarial.semi_weight']:g}: expected 0 "

@@ -93,7 +93,11 @@ BAD_VALUES = [
     ("classification.min_pixels", 0, "integer >= 1"),
     ("classification.background_class", -2, "integer >= -1"),
     ("classification.dropout", 1.0, ">= 0 and < 1"),
-    ("adversarial.discriminator", "patchgan", "one of ['basic', 'fcn', 'labels', 'product']"),
+    (
+        "adversarial.discriminator",
+        "patchgan",
+        "one of ['basic', 'fcn', 'labels', 'product', 'segan']",
+    ),
     ("adversarial.features", 0, "integer >= 1"),
     ("adversarial.input_stride", 0, "integer in [1, 32]"),
     ("adversarial.adv_weight", -0.1, ">= 0"),
@@ -102,6 +106,7 @@ BAD_VALUES = [
     ("adversarial.optimizer", "adam", "one of ['adamw', 'sgd']"),
     ("adversarial.learning_rate", -1e-4, ">= 0"),
     ("adversarial.weight_decay", float("inf"), ">= 0"),
+    ("adversarial.critic_clip", -0.05, ">= 0"),
     ("adversarial.labelled_fraction", 0.0, "> 0 and <= 1"),
     ("adversarial.split_seed", -1, "integer >= 0"),
     ("adversarial.unlabelled_list", None, "a string"),
@@ -265,6 +270,15 @@ def test_json_lists_and_absent_keys_are_fine():
             "unlabelled_batch_size=12: expected a multiple of the number of devices (8)",
         ),
         ({"task": "distill"}, "expected config.distill.teacher_workdir"),
+        (
+            {
+                "task": "adversarial",
+                "adversarial.discriminator": "segan",
+                "adversarial.unlabelled_batch_size": 8,
+                "adversarial.semi_weight": 0.0,
+            },
+            "its loss needs the ground truth",
+        ),
         (
             {"task": "levelset", "levelset.foreground_classes": (1, 6)},
             "expected classes in [0, 6)",

@@ -147,3 +147,51 @@ class ConfidenceDiscriminator(nn.Module):
             if features != 1:
                 x = _leaky(x)
         return resize_bilinear(x.astype(jnp.float32), label_map.shape[1:3])[..., 0]
+
+
+class SeganCritic(nn.Module):
+    """SegAN's critic (Xue et al., "SegAN: Adversarial Network with Multi-scale L1 Loss
+    for Medical Image Segmentation", 2018): hierarchical features of a masked image.
+
+    Input: the image masked by each channel of the label map, `label_map[..., k] *
+    image[..., c]` (`3K` channels; for binary segmentation the paper's `x * mask` is the
+    foreground part of it). Layers: 4x4 convolutions of stride 2, widths `w, 2w, 4w`,
+    leaky ReLU (the paper's critic mirrors its segmentor's encoder, with BatchNorm after
+    the first layer; none here, as the other discriminators). Returns every level's
+    features, the input first: the multi-scale L1 loss compares them all.
+
+    Attributes:
+        features: `w`.
+        num_layers: convolutions (each halves the size).
+        dtype: compute dtype; parameters float32, features float32.
+    """
+
+    features: int = 64
+    num_layers: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, label_map: Array, image: Array, *, train: bool = False) -> list[Array]:
+        """`label_map` [B, H, W, K], `image` [B, H, W, 3] -> [input, level 1, ...]."""
+        del train
+        b, h, w, k = label_map.shape
+        x = (label_map[..., :, None] * image[..., None, :]).reshape(b, h, w, 3 * k)
+        x = x.astype(self.dtype)
+        levels = [x.astype(jnp.float32)]
+        for i in range(self.num_layers):
+            x = nn.Conv(
+                self.features * 2**i,
+                (4, 4),
+                strides=(2, 2),
+                padding=((1, 1), (1, 1)),
+                dtype=self.dtype,
+                name=f"conv{i + 1}",
+            )(x)
+            x = _leaky(x)
+            levels.append(x.astype(jnp.float32))
+        return levels
+
+
+def multiscale_l1(real: list[Array], fake: list[Array]) -> Array:
+    """SegAN's loss: the mean over levels of the mean absolute difference of features."""
+    return sum(jnp.mean(jnp.abs(r - f)) for r, f in zip(real, fake, strict=True)) / len(real)

@@ -29,6 +29,15 @@ Adversarial Networks", 2016; Hung et al.'s per-pixel discriminator, 2018):
   semantic task's step for the segmentor. `bce(., 1)` for the segmentor is the
   non-saturating form both papers use. Void pixels (`ignore_index`) are zero in both
   label maps, and left out of the per-pixel means of `"fcn"`.
+- `"segan"` (Xue et al.'s SegAN): a critic of the image masked by each label-map
+  channel, and instead of the two cross-entropies the multi-scale L1 distance `l1` of
+  its features between the ground-truth-masked and the prediction-masked image:
+  `L_S = config.loss + adv_weight * l1(C_sg; y, p)`, `L_C = -l1(C; y, sg(p))` (the
+  critic maximises it); its weights are clipped to `critic_clip` after each update.
+- semi-supervised (Hung et al.), with `unlabelled_batch_size > 0`: see `train_batches`
+  and `config_block`; the unlabelled images add `unlabelled_adv_weight * bce(D_sg(p_u),
+  1)` and `semi_weight *` cross-entropy against the segmentor's argmax where
+  `sigmoid(D) > semi_threshold` (from `semi_start_step` on) to `L_S`.
 - batch, evaluation, report, pictures, `eval.py --images`: the semantic task's, applied
   to the segmentor (`AdversarialPair.__call__`); checkpoints hold both networks.
 """
@@ -50,12 +59,14 @@ from segjax.models.discriminators import (
     LABEL_MAP_VARIANTS,
     ConfidenceDiscriminator,
     LabelMapDiscriminator,
+    SeganCritic,
+    multiscale_l1,
 )
 from segjax.tasks import base, semantic
 
 Array = jax.Array
 
-DISCRIMINATORS = (*LABEL_MAP_VARIANTS, "fcn")
+DISCRIMINATORS = (*LABEL_MAP_VARIANTS, "fcn", "segan")
 GT_ENCODINGS = ("onehot", "scaling")
 NETWORKS = ("segmentor", "discriminator")
 
@@ -81,6 +92,9 @@ def config_block() -> ml_collections.ConfigDict:
     c.optimizer = "adamw"
     c.learning_rate = 1e-4
     c.weight_decay = 0.0
+    # "segan": the critic's weights are clipped to [-critic_clip, critic_clip] after each
+    # update (as SegAN, after WGAN); 0 = no clipping.
+    c.critic_clip = 0.05
     # Semi-supervised training (Hung et al.): a random labelled_fraction of the training
     # split keeps its labels (drawn with split_seed), the rest is used without them, with
     # the images of unlabelled_list (a text file of image paths) if set. Each step adds
@@ -124,6 +138,8 @@ def build_discriminator(config: ml_collections.ConfigDict) -> nn.Module:
     dtype = base.compute_dtype(config)
     if ac.discriminator == "fcn":
         return ConfidenceDiscriminator(features=ac.features, dtype=dtype)
+    if ac.discriminator == "segan":
+        return SeganCritic(features=ac.features, dtype=dtype)
     if ac.discriminator in LABEL_MAP_VARIANTS:
         return LabelMapDiscriminator(
             variant=ac.discriminator,
@@ -221,6 +237,24 @@ def make_loss(
         terms["semi_pixel_share"] = count / jnp.maximum(jnp.sum(valid), 1)
         return seg_stats, terms
 
+    def segan_loss(disc_params, real, predicted, critic, seg_total, terms):
+        # SegAN: the segmentor minimises the multi-scale L1 distance between the critic's
+        # features of the ground-truth-masked and the prediction-masked image, the critic
+        # maximises it (its loss: minus the distance).
+        frozen = jax.lax.stop_gradient(disc_params)
+        adversarial = multiscale_l1(critic(frozen, real), critic(frozen, predicted))
+        critic_loss = -multiscale_l1(
+            critic(disc_params, real), critic(disc_params, jax.lax.stop_gradient(predicted))
+        )
+        total = seg_total + ac.adv_weight * adversarial + critic_loss
+        terms = {
+            **{k: v for k, v in terms.items() if k != "total"},
+            "adversarial": adversarial,
+            "discriminator": critic_loss,
+            "total": total,
+        }
+        return total, terms
+
     def loss(params, batch_stats, batch, rng):
         image, label = batch["image"], batch["label"]
         outputs, seg_stats = base.train_apply(
@@ -240,6 +274,9 @@ def make_loss(
             return discriminator.apply({"params": disc_params}, label_map, image)
 
         disc_params = params["discriminator"]
+        if isinstance(discriminator, SeganCritic):
+            total, terms = segan_loss(disc_params, real, predicted, discriminate, seg_total, terms)
+            return total, ({**batch_stats, "segmentor": seg_stats}, terms)
         d_real = discriminate(disc_params, real)
         d_fake = discriminate(disc_params, jax.lax.stop_gradient(predicted))
         disc_loss = 0.5 * (_bce_mean(d_real, 1.0, valid) + _bce_mean(d_fake, 0.0, valid))
@@ -329,6 +366,16 @@ def discriminator_optimizer_config(config: ml_collections.ConfigDict) -> ml_coll
     return disc
 
 
+def clip_params(limit: float) -> optax.GradientTransformation:
+    """An optax transformation whose updates keep every parameter in [-limit, limit]."""
+
+    def update(updates, state, params):
+        clipped = jax.tree.map(lambda p, u: jnp.clip(p + u, -limit, limit) - p, params, updates)
+        return clipped, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def network_labels(params: dict) -> dict:
     """The `multi_transform` label of every parameter leaf: the network it belongs to."""
     return {name: jax.tree.map(lambda _, name=name: name, tree) for name, tree in params.items()}
@@ -340,6 +387,9 @@ def make_optimizer(
     """One `multi_transform` over both networks; the segmentor's schedule (for the logs)."""
     seg_tx, schedule = optim.make_optimizer(config, config.train.steps)
     disc_tx, _ = optim.make_optimizer(discriminator_optimizer_config(config), config.train.steps)
+    clip = config.adversarial.get("critic_clip", 0.0)
+    if config.adversarial.discriminator == "segan" and clip > 0:
+        disc_tx = optax.chain(disc_tx, clip_params(clip))
     return optax.multi_transform(
         {"segmentor": seg_tx, "discriminator": disc_tx}, network_labels
     ), schedule

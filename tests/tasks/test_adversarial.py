@@ -145,9 +145,19 @@ def test_state_holds_both_networks_and_one_partitioned_optimizer(luc):
     )
 
 
+def test_critic_clipping_keeps_parameters_in_range():
+    tx = adversarial.clip_params(0.05)
+    params = {"a": jnp.array([0.04, -0.04, 0.0, 0.3])}
+    updates = {"a": jnp.array([0.03, -0.03, 0.01, -0.1])}
+    clipped, _ = tx.update(updates, tx.init(params), params)
+    np.testing.assert_allclose(params["a"] + clipped["a"], [0.05, -0.05, 0.01, 0.05], atol=1e-7)
+
+
 @pytest.mark.slow  # compiles; `pytest -m slow`
-def test_each_network_gets_the_gradient_of_its_own_loss_only(luc):
-    config, run = luc
+@pytest.mark.parametrize("disc", ["basic", "segan"])
+def test_each_network_gets_the_gradient_of_its_own_loss_only(shapes_data_dir, disc):
+    config = _config(shapes_data_dir, adv_weight=0.5, discriminator=disc)
+    run = train_lib.setup(config, sharding.make_mesh(jax.devices()[:1]))
     state = run.new_state(jax.random.key(0))
     batch = {k: jnp.asarray(v) for k, v in _batch(config).items()}
     rng = jax.random.key(3)
