@@ -6,9 +6,13 @@ Stuff = three background textures, things = the five shapes, each with its insta
   python train.py --config configs/panoptic_shapes.py --workdir workdirs/panoptic_shapes
   python eval.py --workdir workdirs/panoptic_shapes
 
-The paper's settings scaled to 64x64 images: Gaussian centers of sigma 2 pixels, objects
+The paper's settings scaled to 64x64 images: Gaussian centers of sigma 3 pixels, objects
 under 100 pixels weigh 3 in the semantic loss, center NMS in 5x5 windows, stuff regions
-under 32 pixels dropped. `:tiny` is the seconds-long smoke run the tests use.
+under 32 pixels dropped, the offset loss weighted 0.1 (offsets here are ~1/16 of
+Cityscapes', whose weight is 0.01). The semantic loss is the mean cross-entropy over all
+pixels (top_k_ratio 1.0): bootstrapping over the hardest 20% (the paper's) learned far
+slower in a CPU-sized run (pixel accuracy 25% against 50% after 200 steps). `:tiny` is
+the seconds-long smoke run the tests use.
 """
 
 from configs import common
@@ -20,18 +24,20 @@ def get_config(arg: str | None = None):
     c = common.base_config()
     c.task = "panoptic"
     c.panoptic = panoptic.config_block()
-    c.panoptic.center_sigma = 2.0
+    c.panoptic.center_sigma = 3.0
     c.panoptic.small_instance_area = 100
     c.panoptic.nms_kernel = 5
     c.panoptic.max_instances = 16
     c.panoptic.stuff_area = 32
     c.panoptic.max_segments = 32
+    c.panoptic.top_k_ratio = 1.0
+    c.panoptic.offset_loss_weight = 0.1
     c.dataset.name = "segjax_shapes_panoptic"
     c.dataset.config = "small"
     c.dataset.num_classes = 8
     c.model.name = "panoptic_deeplab_tiny"
     c.model.output_stride = 16
-    c.input.batch_size = 32
+    c.input.batch_size = 16
     c.input.eval_batch_size = 64
     c.input.crop_size = (64, 64)
     c.input.eval_pad_size = (64, 64)

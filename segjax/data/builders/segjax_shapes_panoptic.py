@@ -1,10 +1,11 @@
 """``segjax_shapes_panoptic``: the built-in shapes, as a panoptic dataset (stuff + things).
 
 *Stuff* is the background, split into 1-3 regions (a Voronoi partition of random seeds),
-each of one stuff class recognisable by its texture: ``plain`` (flat colour, smooth noise
-or a gradient), ``stripes`` or ``checker`` (random colours, angles and periods). *Things*
-are the shapes of ``segjax_shapes`` (disk, rectangle, triangle, ring, cross), textured
-from every kind, each with its own instance id (1, 2, ... in drawing order; one fully
+each of one stuff class recognisable by its texture: ``noise`` (smooth value noise),
+``stripes`` or ``checker`` (random colours, angles and periods). *Things* are the shapes
+of ``segjax_shapes`` (disk, rectangle, triangle, ring, cross), each filled with one flat
+random colour (so that what is a thing shows at once; which shape it is, only its
+geometry tells) and with its own instance id (1, 2, ... in drawing order; one fully
 hidden by later shapes is absent). Unlabelled clutter (lines, curves, blobs) lies on the
 stuff, which it does not change; objects occlude each other, the ring's hole shows what
 lies beneath. There is no void and no crowd.
@@ -30,7 +31,7 @@ import tensorflow_datasets as tfds
 
 from segjax.data.builders import segjax_shapes
 
-STUFF_NAMES = ("plain", "stripes", "checker")
+STUFF_NAMES = ("noise", "stripes", "checker")
 THING_NAMES = segjax_shapes.CLASS_NAMES[1:]
 CLASS_NAMES: tuple[str, ...] = STUFF_NAMES + THING_NAMES
 NUM_CLASSES = len(CLASS_NAMES)
@@ -42,7 +43,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     *segjax_shapes.PALETTE[1:],
 )
 # The texture kinds of segjax_shapes._texture that each stuff class is drawn with.
-_STUFF_KINDS = ((0, 3, 4), (1,), (2,))
+_STUFF_KINDS = ((3,), (1,), (2,))
 VERSION = "1.0.0"
 _VERSION = VERSION
 
@@ -59,7 +60,7 @@ def _stuff(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]
     label = np.zeros((size, size), np.uint8)
     for r, cls in enumerate(classes):
         kinds = _STUFF_KINDS[cls]
-        texture = segjax_shapes._texture(rng, size, kind=int(kinds[rng.integers(len(kinds))]))
+        texture = segjax_shapes._texture(rng, size, kind=kinds[int(rng.integers(len(kinds)))])
         image[region == r] = texture[region == r]
         label[region == r] = cls
     return image, label
@@ -83,7 +84,7 @@ def render_panoptic_sample(
         radius = size * rng.uniform(segjax_shapes._MIN_RADIUS, segjax_shapes._MAX_RADIUS)
         center = rng.uniform(-0.1, 1.1, 2) * size
         polys, holes = segjax_shapes._shape_polygons(rng, shape, center, radius)
-        texture = segjax_shapes._texture(rng, size)
+        texture = segjax_shapes._texture(rng, size, kind=0)  # flat
         alpha = segjax_shapes._draw_mask(size, polys, holes, antialias=True)
         alpha = alpha.astype(np.float32)[..., None] / 255.0
         image = image * (1.0 - alpha) + texture * alpha
