@@ -105,6 +105,38 @@ def _align_flat(
     return jnp.mean(out, axis=(3, 5))
 
 
+def _align_one_level(
+    features: Array,
+    boxes: Array,
+    output_size: Sequence[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    channels: Array | None = None,
+) -> Array:
+    """`_align_flat` over one feature map `[B, H, W, C]` for every box `[B, R, 4]` (float32)."""
+    if sampling_ratio <= 0:
+        raise ValueError(f"sampling_ratio={sampling_ratio}: expected >= 1 (static sample count)")
+    b, h, w, c = features.shape
+    r = boxes.shape[1]
+
+    def full(v, dtype):
+        return jnp.full((b, r), v, dtype)
+
+    return _align_flat(
+        features.reshape(b, h * w, c).astype(jnp.float32),
+        boxes.astype(jnp.float32),
+        full(h, jnp.int32),
+        full(w, jnp.int32),
+        full(0, jnp.int32),
+        full(spatial_scale, jnp.float32),
+        tuple(output_size),
+        sampling_ratio,
+        aligned,
+        channels=channels,
+    )
+
+
 def roi_align(
     features: Array,
     boxes: Array,
@@ -120,22 +152,7 @@ def roi_align(
     image `b` reads image `b`'s features; `spatial_scale` maps image to feature pixels
     (1 / stride). As `torchvision.ops.roi_align(..., sampling_ratio > 0)`.
     """
-    if sampling_ratio <= 0:
-        raise ValueError(f"sampling_ratio={sampling_ratio}: expected >= 1 (static sample count)")
-    b, h, w, c = features.shape
-    r = boxes.shape[1]
-    full = lambda v, dtype: jnp.full((b, r), v, dtype)
-    out = _align_flat(
-        features.reshape(b, h * w, c).astype(jnp.float32),
-        boxes.astype(jnp.float32),
-        full(h, jnp.int32),
-        full(w, jnp.int32),
-        full(0, jnp.int32),
-        full(spatial_scale, jnp.float32),
-        tuple(output_size),
-        sampling_ratio,
-        aligned,
-    )
+    out = _align_one_level(features, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     return out.astype(features.dtype)
 
 
@@ -156,22 +173,10 @@ def roi_align_channel(
     sampling the other channels (Mask R-CNN's mask targets, torchvision's
     `project_masks_on_boxes`).
     """
-    if sampling_ratio <= 0:
-        raise ValueError(f"sampling_ratio={sampling_ratio}: expected >= 1 (static sample count)")
-    b, h, w, g = features.shape
-    r = boxes.shape[1]
-    full = lambda v, dtype: jnp.full((b, r), v, dtype)
-    out = _align_flat(
-        features.reshape(b, h * w, g).astype(jnp.float32),
-        boxes.astype(jnp.float32),
-        full(h, jnp.int32),
-        full(w, jnp.int32),
-        full(0, jnp.int32),
-        full(spatial_scale, jnp.float32),
-        tuple(output_size),
-        sampling_ratio,
-        aligned,
-        channels=jnp.clip(channels, 0, g - 1).astype(jnp.int32),
+    g = features.shape[-1]
+    channels = jnp.clip(channels, 0, g - 1).astype(jnp.int32)
+    out = _align_one_level(
+        features, boxes, output_size, spatial_scale, sampling_ratio, aligned, channels
     )
     return out[..., 0]
 
