@@ -217,6 +217,50 @@ def shapes_64(c: ml_collections.ConfigDict, steps: int = 2000) -> None:
     c.train.checkpoint_every = 500
 
 
+def mask_rcnn_shapes(c: ml_collections.ConfigDict, *, widen: bool = True) -> None:
+    """The Mask R-CNN instance branch for the 64x64 shapes (configs/instance_shapes.py):
+    with `widen`, wider than the tiny model's defaults (32-channel FPN, 128-wide box head,
+    four 32-channel mask convs: `MaskRCNN` fields); AdamW 1e-3 with cosine decay after
+    100 warm-up steps, gradients clipped at norm 10."""
+    c.model.output_stride = None  # not a Mask R-CNN argument: the FPN needs stride 32
+    if widen:
+        c.model.fpn_channels = 32
+        c.model.representation_size = 128
+        c.model.mask_layers = (32, 32, 32, 32)
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.schedule = "cosine"
+    c.optimizer.warmup_steps = 100
+    c.optimizer.grad_clip_norm = 10.0
+
+
+def panoptic_shapes_64(c: ml_collections.ConfigDict) -> None:
+    """The panoptic task on the 64x64 `small` segjax_shapes_panoptic: the paper's
+    Panoptic-DeepLab settings scaled to these images (configs/panoptic_shapes.py's
+    docstring), the metric's and post-processing's counts, batch 16 / eval 64."""
+    from segjax.tasks import panoptic
+
+    c.task = "panoptic"
+    c.panoptic = panoptic.config_block()
+    c.panoptic.center_sigma = 3.0
+    c.panoptic.small_instance_area = 100
+    c.panoptic.nms_kernel = 5
+    c.panoptic.max_instances = 16
+    c.panoptic.stuff_area = 32
+    c.panoptic.max_segments = 32
+    c.panoptic.top_k_ratio = 1.0
+    c.panoptic.offset_loss_weight = 0.1
+    c.dataset.name = "segjax_shapes_panoptic"
+    c.dataset.config = "small"
+    c.dataset.num_classes = 8
+    c.input.batch_size = 16
+    c.input.eval_batch_size = 64
+    c.input.crop_size = (64, 64)
+    c.input.eval_pad_size = (64, 64)
+    c.input.scale_range = (0.75, 1.25)
+
+
 # DeepLab's dense CRF settings: the parameters of the authors' released scripts for PASCAL
 # VOC 2012 (v1 LargeFOV: run_pascal.sh; v2 ResNet-101: run_densecrf.sh), 10 iterations.
 DEEPLAB_CRF = {

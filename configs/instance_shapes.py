@@ -24,22 +24,11 @@ def get_config(arg: str | None = None):
     c.dataset.config = "default"
     c.dataset.num_classes = 6  # background + the five shapes
     c.model.name = args.model
-    c.model.output_stride = None  # not a Mask R-CNN argument: the FPN needs stride 32
-    if not args.tiny:
-        # Wider than the tiny model's defaults (MaskRCNN fields, passed to the builder).
-        c.model.fpn_channels = 32
-        c.model.representation_size = 128
-        c.model.mask_layers = (32, 32, 32, 32)
+    common.mask_rcnn_shapes(c, widen=not args.tiny)  # :tiny keeps the tiny model's widths
     c.input.batch_size = 8
     c.input.eval_batch_size = 32
     c.input.crop_size = (64, 64)
     c.input.eval_pad_size = (64, 64)
-    c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.schedule = "cosine"
-    c.optimizer.warmup_steps = 100
-    c.optimizer.grad_clip_norm = 10.0
     c.eval.num_visualizations = 8
     c.train.steps = 3000
     c.train.log_every = 100

@@ -16,32 +16,14 @@ the seconds-long smoke run the tests use.
 """
 
 from configs import common
-from segjax.tasks import panoptic
 
 
 def get_config(arg: str | None = None):
     args = common.parse_arg(arg, tiny=False, steps=0)
     c = common.base_config()
-    c.task = "panoptic"
-    c.panoptic = panoptic.config_block()
-    c.panoptic.center_sigma = 3.0
-    c.panoptic.small_instance_area = 100
-    c.panoptic.nms_kernel = 5
-    c.panoptic.max_instances = 16
-    c.panoptic.stuff_area = 32
-    c.panoptic.max_segments = 32
-    c.panoptic.top_k_ratio = 1.0
-    c.panoptic.offset_loss_weight = 0.1
-    c.dataset.name = "segjax_shapes_panoptic"
-    c.dataset.config = "small"
-    c.dataset.num_classes = 8
+    common.panoptic_shapes_64(c)
     c.model.name = "panoptic_deeplab_tiny"
     c.model.output_stride = 16
-    c.input.batch_size = 16
-    c.input.eval_batch_size = 64
-    c.input.crop_size = (64, 64)
-    c.input.eval_pad_size = (64, 64)
-    c.input.scale_range = (0.75, 1.25)
     c.train.steps = 2000
     c.train.log_every = 100
     c.train.eval_every = 500

@@ -147,6 +147,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     from segjax.data import datasets
     from segjax.data.volumes import NORMALIZATIONS
     from segjax.models.mask_rcnn import INSTANCE_MODELS
+    from segjax.models.panoptic_fpn import PANOPTIC_FPN_MODELS
     from segjax.models.registry import MODELS, VOLUME_MODELS
     from segjax.tasks import adversarial, levelset
     from segjax.volume_inference import BLEND_MODES
@@ -178,7 +179,9 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "input.worker_count": _int(0),
         "input.prefetch": _int(1),
         # Which kind (image, instance, volume model) the task needs: a cross-key rule.
-        "model.name": _choice({**MODELS, **INSTANCE_MODELS, **VOLUME_MODELS}),
+        "model.name": _choice(
+            {**MODELS, **INSTANCE_MODELS, **PANOPTIC_FPN_MODELS, **VOLUME_MODELS}
+        ),
         "model.output_stride": (
             lambda v: v is None or (_is_int(v) and v in OUTPUT_STRIDES),
             f"None (the model's default) or one of {list(OUTPUT_STRIDES[1:])}",
@@ -303,6 +306,10 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "panoptic.max_instances": _int(1),
         "panoptic.stuff_area": _int(0),
         "panoptic.max_segments": _int(2),
+        "panoptic.lambda_sem": _number(0),
+        "panoptic.instance_score_threshold": _number(0, 1),
+        "panoptic.overlap_threshold": _number(0, 1),
+        "panoptic.mask_threshold": _number(0, 1, lo_open=True, hi_open=True),
         # config.levelset (segjax/tasks/levelset.py), when the task has it.
         "levelset.steps": _int(0),
         "levelset.dt": _number(0, lo_open=True),
@@ -453,9 +460,11 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
             )
     if has("model.name", "task"):
         from segjax.models.mask_rcnn import INSTANCE_MODELS
+        from segjax.models.panoptic_fpn import PANOPTIC_FPN_MODELS
 
         is_instance = v["model.name"] in INSTANCE_MODELS
-        if is_instance != (v["task"] == "instance"):
+        is_fpn = v["model.name"] in PANOPTIC_FPN_MODELS  # the rule below
+        if is_instance != (v["task"] == "instance") and not is_fpn:
             kind = "an instance model" if is_instance else "a segmentation model"
             wanted = (
                 f"one of {sorted(INSTANCE_MODELS)}"
@@ -465,6 +474,11 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
             out.append(
                 f"config.model.name={v['model.name']!r}: {kind}, but config.task="
                 f"{v['task']!r} needs {wanted}"
+            )
+        if is_fpn and v["task"] != "panoptic":
+            out.append(
+                f"config.model.name={v['model.name']!r}: a Panoptic FPN model, but "
+                f"config.task={v['task']!r}; it needs config.task='panoptic'"
             )
     out += _adversarial_problems(v, num_devices)
     out += _volume_problems(v)

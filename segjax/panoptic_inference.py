@@ -63,6 +63,16 @@ def center_candidates(
     return (index // w).astype(jnp.int32), (index % w).astype(jnp.int32), values > -jnp.inf
 
 
+def _region(image_hw: Array | None, b: int, h: int, w: int) -> Array:
+    # bool [B, H, W]: each image's top-left (h, w) region of the canvas (all without hw).
+    if image_hw is None:
+        return jnp.ones((b, h, w), bool)
+    hw = jnp.asarray(image_hw, jnp.int32)
+    return (jnp.arange(h)[None, :, None] < hw[:, 0, None, None]) & (
+        jnp.arange(w)[None, None, :] < hw[:, 1, None, None]
+    )
+
+
 def _image_panoptic(logits, heatmap, offset, region, is_thing, options):
     # One image: (class [H, W] with -1 for void, instance [H, W]).
     h, w, num_classes = logits.shape
@@ -141,14 +151,155 @@ def panoptic_postprocess(
         center_threshold=center_threshold, nms_kernel=int(nms_kernel), top_k=int(top_k),
         stuff_area=stuff_area,
     )  # fmt: skip
-    if image_hw is None:
-        region = jnp.ones((b, h, w), bool)
-    else:
-        hw = jnp.asarray(image_hw, jnp.int32)
-        region = (jnp.arange(h)[None, :, None] < hw[:, 0, None, None]) & (
-            jnp.arange(w)[None, None, :] < hw[:, 1, None, None]
-        )
+    region = _region(image_hw, b, h, w)
     cls, instance = jax.vmap(lambda lg, c, o, r: _image_panoptic(lg, c, o, r, is_thing, options))(
         logits, center, offset, region
     )
+    return {"class": cls, "instance": instance}
+
+
+# ----------------------------------------------------------------------------- Panoptic FPN
+
+
+def paste_masks(masks: Array, boxes: Array, height: int, width: int) -> Array:
+    """`[D, height, width]` float32 canvas masks of `[D, M, M]` box masks, under jit.
+
+    The same numbers as `segjax.detection.coco.paste_masks` (torchvision's
+    `paste_masks_in_image`, padding 1): each mask padded by one pixel, its box grown by
+    `(M + 2) / M` and truncated to integers, resized bilinearly (half-pixel centres, edge
+    clamped) to the box's `x2 - x1 + 1` by `y2 - y1 + 1` pixels; written here as one
+    separable interpolation (`[D, height, M + 2] @ mask @ [D, M + 2, width]`).
+    """
+    m = masks.shape[1]
+    p = m + 2
+    padded = jnp.pad(masks.astype(jnp.float32), ((0, 0), (1, 1), (1, 1)))
+    boxes = boxes.astype(jnp.float32)
+    scale = p / m
+    center = (boxes[:, :2] + boxes[:, 2:]) / 2  # (x, y)
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
+    lo = jnp.trunc(center - half).astype(jnp.int32)  # Python's int(): toward zero
+    hi = jnp.trunc(center + half).astype(jnp.int32)
+    size = jnp.maximum(hi - lo + 1, 1)
+
+    def weights(n: int, start: Array, length: Array) -> Array:
+        # [D, n, p]: bilinear weights of canvas pixels 0..n-1 over the padded mask.
+        local = jnp.arange(n)[None, :] - start[:, None]
+        inside = (local >= 0) & (local < length[:, None])
+        src = (local.astype(jnp.float32) + 0.5) * (p / length[:, None].astype(jnp.float32)) - 0.5
+        src = jnp.maximum(src, 0.0)
+        i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), p - 1)
+        i1 = jnp.minimum(i0 + 1, p - 1)
+        frac = src - i0
+        w = (
+            jax.nn.one_hot(i0, p) * (1.0 - frac)[..., None]
+            + jax.nn.one_hot(i1, p) * frac[..., None]
+        )
+        return jnp.where(inside[..., None], w, 0.0)
+
+    wy = weights(height, lo[:, 1], size[:, 1])
+    wx = weights(width, lo[:, 0], size[:, 0])
+    return jnp.einsum("dhp,dpq,dwq->dhw", wy, padded, wx)
+
+
+def _image_combine(semantic, scores, classes, masks, valid, region, tables, options):
+    # One image: detectron2's combine_semantic_and_instance_outputs as a scan over the
+    # detections by score; (class [H, W] with -1 for void, instance [H, W]).
+    thing_to_class, stuff_to_class = tables
+    order = jnp.argsort(-jnp.where(valid, scores, -jnp.inf))[: options["max_instances"]]
+    masks = masks[order] & region[None]
+    ok = valid[order] & (scores[order] >= options["score_threshold"])
+    classes = classes[order]
+
+    def add(carry, x):
+        seg, thing_class, count = carry
+        mask, keep, cls = x
+        area = jnp.sum(mask)
+        overlap = jnp.sum(mask & (seg > 0))
+        ratio = overlap.astype(jnp.float32) / jnp.maximum(area, 1).astype(jnp.float32)
+        keep = keep & (area > 0) & (ratio <= options["overlap_threshold"])
+        new = mask & (seg == 0) & keep
+        count = count + keep.astype(jnp.int32)
+        seg = jnp.where(new, count, seg)
+        thing_class = jnp.where(new, cls, thing_class)
+        return (seg, thing_class, count), None
+
+    zeros = jnp.zeros(semantic.shape, jnp.int32)
+    (seg, thing_class, _count), _ = jax.lax.scan(
+        add, (zeros, zeros, jnp.int32(0)), (masks, ok, classes)
+    )
+    free = (seg == 0) & region
+    num_semantic = stuff_to_class.shape[0]
+    area = (
+        jnp.zeros((num_semantic,), jnp.int32)
+        .at[semantic.reshape(-1)]
+        .add(free.reshape(-1).astype(jnp.int32))
+    )
+    stuff = free & (semantic > 0) & (area[semantic] >= options["stuff_area"])
+    cls = jnp.where(
+        seg > 0, thing_to_class[thing_class], jnp.where(stuff, stuff_to_class[semantic], -1)
+    )
+    return cls, seg
+
+
+def combine_semantic_and_instances(
+    semantic_logits: Array,
+    detections: dict[str, Array],
+    *,
+    thing_classes: Sequence[bool] | np.ndarray,
+    score_threshold: float = 0.5,
+    overlap_threshold: float = 0.5,
+    stuff_area: int = 4096,
+    mask_threshold: float = 0.5,
+    max_instances: int | None = None,
+    image_hw: Array | None = None,
+) -> dict[str, Array]:
+    """Panoptic maps of a batch from Panoptic FPN's outputs: the heuristic merge.
+
+    detectron2's `combine_semantic_and_instance_outputs`, as one fixed-shape program: per
+    image, the detections by decreasing score (the best `max_instances`), each pasted into
+    the canvas and thresholded at `mask_threshold`; one scoring under `score_threshold`,
+    or empty, or whose mask has more than `overlap_threshold` of its pixels already taken
+    is dropped, otherwise it takes its still-free pixels (ids 1, 2, ... in that order).
+    Then each stuff class of the semantic argmax takes its still-free pixels if they are
+    at least `stuff_area`; the rest is void (the semantic "thing" class included).
+
+    Args:
+      semantic_logits: float [B, H, W, S + 1]: class 0 = any thing, 1..S = the stuff
+        classes in dataset order.
+      detections: Mask R-CNN's (`MaskRCNN.__call__(train=False)`): `boxes` [B, D, 4]
+        (canvas pixels), `scores` [B, D], `classes` [B, D] (1..T: the thing classes in
+        dataset order), `masks` [B, D, M, M] probabilities, `valid` [B, D].
+      thing_classes: bool [K] per dataset class, True for a thing (static).
+      image_hw: optional int [B, 2]: each image's (h, w) in the top-left of the canvas;
+        pixels outside are void.
+
+    Returns:
+      `{"class": int32 [B, H, W] (dataset class, -1 for void), "instance": int32
+      [B, H, W]}` (0 for stuff and void, 1.. for objects), as `panoptic_postprocess`.
+    """
+    b, h, w, num_semantic = semantic_logits.shape
+    is_thing = np.asarray(thing_classes, bool)
+    things, stuff = np.flatnonzero(is_thing), np.flatnonzero(~is_thing)
+    if num_semantic != len(stuff) + 1:
+        raise ValueError(
+            f"{num_semantic} semantic classes for {len(stuff)} stuff classes (+1 for things)"
+        )
+    # Class tables: instance class c (1..T) -> things[c - 1]; semantic j (1..S) -> stuff[j - 1].
+    tables = (
+        jnp.asarray(np.concatenate([[-1], things]), jnp.int32),
+        jnp.asarray(np.concatenate([[-1], stuff]), jnp.int32),
+    )
+    d = detections["scores"].shape[1]
+    options = dict(
+        score_threshold=score_threshold, overlap_threshold=overlap_threshold,
+        stuff_area=stuff_area, max_instances=min(int(max_instances or d), d),
+    )  # fmt: skip
+    region = _region(image_hw, b, h, w)
+    masks = jax.vmap(lambda m, bx: paste_masks(m, bx, h, w) >= mask_threshold)(
+        detections["masks"], detections["boxes"]
+    )
+    semantic = jnp.argmax(semantic_logits, axis=-1).astype(jnp.int32)
+    cls, instance = jax.vmap(
+        lambda s, sc, c, m, v, r: _image_combine(s, sc, c, m, v, r, tables, options)
+    )(semantic, detections["scores"], detections["classes"], masks, detections["valid"], region)
     return {"class": cls, "instance": instance}

@@ -127,6 +127,10 @@ BAD_VALUES = [
     ("panoptic.max_instances", 0, "integer >= 1"),
     ("panoptic.stuff_area", -5, "integer >= 0"),
     ("panoptic.max_segments", 1, "integer >= 2"),
+    ("panoptic.lambda_sem", -0.5, ">= 0"),
+    ("panoptic.instance_score_threshold", 1.5, ">= 0 and <= 1"),
+    ("panoptic.overlap_threshold", -0.1, ">= 0 and <= 1"),
+    ("panoptic.mask_threshold", 1.0, "> 0 and < 1"),
     ("volume.in_channels", 0, "integer >= 1"),
     ("volume.crop_size", (16, 16), "(depth, height, width), 3 values"),
     ("volume.flip_axes", (0, 3), "spatial axes among 0 (D), 1 (H), 2 (W)"),
@@ -209,7 +213,7 @@ def _config_files():
         if not p.endswith(("__init__.py", "common.py"))
     )
     args = {"folder": ["classes=3"], "default": [None, "tiny"], "classify_shapes": [None, "tiny"]}
-    args["panoptic_shapes"] = [None, "tiny"]
+    args["panoptic_shapes"] = args["panoptic_fpn_shapes"] = [None, "tiny"]
     args["voc"] = [None, "aug"]
     args["adversarial_shapes"] = [None, "tiny", "baseline", "disc=fcn"]
     args["adversarial_semi_shapes"] = [None, "tiny", "baseline"]
@@ -288,6 +292,15 @@ def test_json_lists_and_absent_keys_are_fine():
             "needs the per-pixel confidence of 'fcn'",
         ),
         ({"panoptic.max_segments": 200}, "more than config.panoptic.max_instances (200)"),
+        (
+            {"model.name": "panoptic_fpn_tiny"},
+            "a Panoptic FPN model, but config.task='semantic'; it needs config.task='panoptic'",
+        ),
+        (
+            {"task": "instance", "model.name": "panoptic_fpn_tiny"},
+            "a Panoptic FPN model, but config.task='instance'",
+        ),
+        ({"task": "panoptic", "model.name": "panoptic_fpn_tiny"}, None),
         ({"model.name": "unet3d_tiny"}, "config.task='semantic' needs an image model"),
         ({"task": "volume"}, "is an image model; config.task='volume' needs one of"),
         ({"volume.flip_axes": (1, 1)}, "an axis twice"),
@@ -300,7 +313,10 @@ def test_rules_between_keys(changes, message):
     for key, value in changes.items():
         _set(config, key, value)
     problems = config_check.config_problems(config, num_devices=8)
-    assert len(problems) == 1 and message in problems[0], problems
+    if message is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and message in problems[0], problems
 
 
 def test_frozen_run_and_overlapping_windows_are_allowed():

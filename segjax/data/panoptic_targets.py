@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax.data import instances
+
 # Instance ids fit 16 bits (uint16 PNGs); classes shift by one so that void stays small.
 DIVISOR = 1 << 16
 
@@ -143,5 +145,60 @@ class PanopticTargets(grain.MapTransform):
     def map(self, element):
         targets = panoptic_targets(
             element["label"], self.thing_classes, ignore_index=self.ignore_index, **self.options
+        )
+        return {"image": element["image"], **targets}
+
+
+def panoptic_fpn_targets(
+    packed: np.ndarray, thing_classes: Sequence[bool], *, ignore_index: int, max_instances: int
+) -> dict[str, np.ndarray]:
+    """Panoptic FPN's targets of one packed label [H, W] (numpy, host).
+
+    The things as Mask R-CNN targets (`segjax.data.instances.pad_instances`): one mask
+    per object (a thing class, instance >= 1; crowd regions are not targets), its tight
+    box, its class 1..T (the thing classes in dataset order), padded to `max_instances`
+    (the largest kept) with `instance_valid`. The semantic target with the things
+    collapsed to one class, as the paper: 0 on every thing pixel (crowd included),
+    1..S on the stuff classes in dataset order, `ignore_index` on void.
+
+    Returns:
+      `semantic` int32 [H, W]; `boxes` float32 [G, 4]; `classes` int32 [G]; `masks`
+      uint8 [G, H, W]; `instance_valid` bool [G]; `image_hw` int32 [2] (= (H, W)).
+    """
+    cls, instance = unpack(np.asarray(packed))
+    is_thing = np.asarray(thing_classes, bool)
+    # Dataset class -> semantic index (things 0, stuff 1..S) and instance class (1..T).
+    semantic_of = np.where(is_thing, 0, np.cumsum(~is_thing))
+    thing_of = np.where(is_thing, np.cumsum(is_thing), 0)
+    void = cls < 0
+    safe = np.clip(cls, 0, len(is_thing) - 1)
+    objects = ~void & is_thing[safe] & (instance > 0)
+    keys = cls.astype(np.int64) * DIVISOR + instance
+    ids = np.unique(keys[objects])
+    masks = (keys[None] == ids[:, None, None]).astype(np.uint8)
+    classes = thing_of[ids // DIVISOR].astype(np.int32)
+    targets = instances.pad_instances(
+        masks, instances.boxes_from_masks(masks), classes, max_instances, cls.shape
+    )
+    return {
+        "semantic": np.where(void, ignore_index, semantic_of[safe]).astype(np.int32),
+        "image_hw": np.array(cls.shape, np.int32),
+        **targets,
+    }
+
+
+class PanopticFPNTargets(grain.MapTransform):
+    """grain op: `{"image", "label" packed}` -> `{"image", **panoptic_fpn_targets(label)}`."""
+
+    def __init__(self, thing_classes: Sequence[bool], *, ignore_index: int, max_instances: int):
+        self.thing_classes = tuple(bool(t) for t in thing_classes)
+        self.ignore_index, self.max_instances = ignore_index, max_instances
+
+    def map(self, element):
+        targets = panoptic_fpn_targets(
+            element["label"],
+            self.thing_classes,
+            ignore_index=self.ignore_index,
+            max_instances=self.max_instances,
         )
         return {"image": element["image"], **targets}

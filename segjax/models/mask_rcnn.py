@@ -515,9 +515,12 @@ class MaskRCNN(nn.Module):
     def create_variables(self, images: Array) -> dict[str, Array]:
         """Runs every layer once on `images` without proposals or NMS (a cheap `init`):
         `model.init(rng, images, method=MaskRCNN.create_variables)`."""
-        levels = self.pyramid(images, train=False)
+        return self.head_variables(self.pyramid(images, train=False), images.shape[1:3])
+
+    def head_variables(self, levels: Sequence[Array], canvas_hw: Sequence[int]) -> dict[str, Array]:
+        """The heads of `create_variables` on given pyramid levels (a canvas `canvas_hw`)."""
         objectness, _deltas = self.rpn_head(levels)
-        b, h, w = images.shape[:3]
+        b, (h, w) = levels[0].shape[0], canvas_hw
         boxes = jnp.broadcast_to(jnp.asarray([0.0, 0.0, w, h], jnp.float32), (b, 1, 4))
         logits, _box_deltas = self.run_box_head(levels, boxes)
         masks = self.run_mask_head(levels, boxes)
@@ -550,10 +553,23 @@ class MaskRCNN(nn.Module):
           `masks` `[B, D, M, M]` mask probabilities inside each box (M = 28), `valid`
           `[B, D]` bool (D = `detections_per_img`).
         """
-        b, h, w = images.shape[:3]
+        levels = self.pyramid(images, train=train)
+        return self.from_pyramid(levels, images.shape[1:3], image_hw, targets, train=train)
+
+    def from_pyramid(
+        self,
+        levels: Sequence[Array],
+        canvas_hw: Sequence[int],
+        image_hw: Array | None = None,
+        targets: dict[str, Array] | None = None,
+        *,
+        train: bool,
+    ) -> dict[str, Array]:
+        """`__call__` after `pyramid`: the RPN and the heads on the levels P2-P6 of a
+        padded canvas `canvas_hw` (so that another head can share the pyramid)."""
+        b, (h, w) = levels[0].shape[0], (int(canvas_hw[0]), int(canvas_hw[1]))
         if image_hw is None:
             image_hw = jnp.broadcast_to(jnp.asarray([h, w], jnp.int32), (b, 2))
-        levels = self.pyramid(images, train=train)
         objectness, deltas = self.rpn_head(levels)
         anchors = self.anchors((h, w), levels)
         num_cell = len(self.aspect_ratios) * len(self.anchor_sizes[0])

@@ -60,20 +60,76 @@ def config_block() -> ml_collections.ConfigDict:
 NOT_BUILDER_KEYS = ("name", "dtype", "pretrained", "pretrained_scope", "output_stride", "aux_head")
 
 
-def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
-    """The instance model named by `config.model.name`; `config.model`'s other keys are
-    `MaskRCNN` fields (e.g. `freeze_backbone_bn`, `rpn_post_nms_top_n_train`)."""
-    kwargs = {  # a config read back from JSON holds lists where the file had tuples
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config.model`'s `MaskRCNN` fields (all keys but the loop's and segmentors' own)."""
+    return {  # a config read back from JSON holds lists where the file had tuples
         k: tuple(v) if isinstance(v, list) else v
         for k, v in config.model.items()
         if k not in NOT_BUILDER_KEYS
     }
+
+
+def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
+    """The instance model named by `config.model.name`; `config.model`'s other keys are
+    `MaskRCNN` fields (e.g. `freeze_backbone_bn`, `rpn_post_nms_top_n_train`)."""
     return build_instance_model(
         config.model.name,
         num_classes=config.dataset.num_classes,
         dtype=base.compute_dtype(config),
-        **kwargs,
+        **model_kwargs(config),
     )
+
+
+def example_targets(
+    batch_size: int, seed: int, *, hw: tuple[int, int], max_instances: int, num_classes: int
+) -> dict[str, np.ndarray]:
+    """A random training batch of `InstanceTrainAugment`'s shapes: box-shaped masks of
+    classes 1..num_classes-1, 1..G valid per image (benchmarks, tests)."""
+    h, w = hw
+    g = max_instances
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 0.6, (batch_size, g, 2)) * [w, h]
+    wh = rng.uniform(0.15, 0.4, (batch_size, g, 2)) * [w, h]
+    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+    masks = np.zeros((batch_size, g, h, w), np.uint8)
+    for b in range(batch_size):
+        for i in range(g):
+            x1, y1, x2, y2 = boxes[b, i].astype(int)
+            masks[b, i, y1:y2, x1:x2] = 1
+    valid = np.arange(g)[None] < rng.integers(1, g + 1, (batch_size, 1))
+    return {
+        "image": rng.standard_normal((batch_size, h, w, 3), dtype=np.float32),
+        "image_hw": np.full((batch_size, 2), [h, w], np.int32),
+        "boxes": boxes * valid[..., None],
+        "classes": np.where(valid, rng.integers(1, num_classes, (batch_size, g)), 0).astype(
+            np.int32
+        ),
+        "masks": masks * valid[..., None, None],
+        "instance_valid": valid,
+    }
+
+
+def target_spec(batch_size: int, hw: tuple[int, int], max_instances: int) -> dict[str, Any]:
+    """`jax.ShapeDtypeStruct`s of `example_targets`' (and the training pipeline's) batch."""
+    s, (h, w), g = jax.ShapeDtypeStruct, hw, max_instances
+    return {
+        "image": s((batch_size, h, w, 3), jnp.float32),
+        "image_hw": s((batch_size, 2), jnp.int32),
+        "boxes": s((batch_size, g, 4), jnp.float32),
+        "classes": s((batch_size, g), jnp.int32),
+        "masks": s((batch_size, g, h, w), jnp.uint8),
+        "instance_valid": s((batch_size, g), jnp.bool_),
+    }
+
+
+def mask_rcnn_targets(batch: dict[str, Array]) -> dict[str, Array]:
+    """The `targets` argument of `MaskRCNN.__call__` from a training batch."""
+    return {
+        "boxes": batch["boxes"],
+        "classes": batch["classes"],
+        "masks": batch["masks"],
+        "valid": batch["instance_valid"],
+    }
 
 
 def _to_original(boxes: Array, resized_hw: Array, original_hw: Array) -> Array:
@@ -246,53 +302,22 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
     palette = functools.cache(lambda: datasets.palette(config.dataset))
 
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        s = jax.ShapeDtypeStruct
-        return {
-            "image": s((batch_size, h, w, 3), jnp.float32),
-            "image_hw": s((batch_size, 2), jnp.int32),
-            "boxes": s((batch_size, g, 4), jnp.float32),
-            "classes": s((batch_size, g), jnp.int32),
-            "masks": s((batch_size, g, h, w), jnp.uint8),
-            "instance_valid": s((batch_size, g), jnp.bool_),
-        }
+        return target_spec(batch_size, (h, w), g)
 
     def example_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        xy = rng.uniform(0, 0.6, (batch_size, g, 2)) * [w, h]
-        wh = rng.uniform(0.15, 0.4, (batch_size, g, 2)) * [w, h]
-        boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
-        masks = np.zeros((batch_size, g, h, w), np.uint8)
-        for b in range(batch_size):
-            for i in range(g):
-                x1, y1, x2, y2 = boxes[b, i].astype(int)
-                masks[b, i, y1:y2, x1:x2] = 1
-        valid = np.arange(g)[None] < rng.integers(1, g + 1, (batch_size, 1))
-        return {
-            "image": rng.standard_normal((batch_size, h, w, 3), dtype=np.float32),
-            "image_hw": np.full((batch_size, 2), [h, w], np.int32),
-            "boxes": boxes * valid[..., None],
-            "classes": np.where(valid, rng.integers(1, num_classes, (batch_size, g)), 0).astype(
-                np.int32
-            ),
-            "masks": masks * valid[..., None, None],
-            "instance_valid": valid,
-        }
+        return example_targets(
+            batch_size, seed, hw=(h, w), max_instances=g, num_classes=num_classes
+        )
 
     def init_variables(rng, batch):
         return model.init({"params": rng}, batch["image"], method=MaskRCNN.create_variables)
 
     def loss(params, batch_stats, batch, rng):
-        targets = {
-            "boxes": batch["boxes"],
-            "classes": batch["classes"],
-            "masks": batch["masks"],
-            "valid": batch["instance_valid"],
-        }
         terms, new_state = model.apply(
             {"params": params, "batch_stats": batch_stats},
             batch["image"],
             batch["image_hw"],
-            targets,
+            mask_rcnn_targets(batch),
             train=True,
             rngs={"sample": rng},
             mutable=["batch_stats"],

@@ -1,29 +1,40 @@
-"""Panoptic segmentation with Panoptic-DeepLab: stuff and counted things in one map.
+"""Panoptic segmentation with Panoptic-DeepLab or Panoptic FPN: stuff and things in one map.
 
 The task behind `config.task = "panoptic"`, on a panoptic dataset (one whose records hold
 an `instance` map next to the semantic `label`, and whose metadata says which classes
 are things: `segjax_shapes_panoptic`, `coco_panoptic`, `cityscapes_panoptic`):
 
 - model: `config.model.name`, a Panoptic-DeepLab (`panoptic_deeplab_r50`,
-  `panoptic_deeplab_tiny`): semantic `logits`, `center` heatmap, `offset`s.
+  `panoptic_deeplab_tiny`: semantic `logits`, `center` heatmap, `offset`s) or a Panoptic
+  FPN (`segjax.models.panoptic_fpn.PANOPTIC_FPN_MODELS`: `panoptic_fpn_r50`,
+  `panoptic_fpn_tiny`: Mask R-CNN's detections and `semantic_logits` of the stuff classes
+  + one "thing" class). The two families differ in the few pieces of `_Family`; the
+  data, evaluation, reports and pictures below are the same.
 - batch: the shared augmentation on the packed (class, instance) label
-  (`segjax.data.panoptic_targets`), then the targets: `image`, `semantic`, `center`,
-  `offset` and the three loss weights, all of the crop's fixed shape.
+  (`segjax.data.panoptic_targets`), then the targets, all of the crop's fixed shape:
+  Panoptic-DeepLab's `image`, `semantic`, `center`, `offset` and the three loss weights;
+  Panoptic FPN's Mask R-CNN targets (`boxes`, `classes`, `masks`, `instance_valid`,
+  padded to `max_instances`, `image_hw`) and `semantic` (things collapsed to class 0).
 - loss: `semantic_loss_weight` x bootstrapped cross-entropy (the hardest `top_k_ratio`
   of the pixels, each weighted by its `semantic_weight`; small objects count
   `small_instance_weight` times), + `center_loss_weight` x weighted MSE of the heatmap,
   + `offset_loss_weight` x weighted L1 of the offsets, as the paper (1, 200, 0.01); plus
   `config.loss.aux_weight` x the semantic term on `aux_logits` when the model has them.
+  Panoptic FPN: Mask R-CNN's five terms + `lambda_sem` x the semantic cross-entropy
+  (mean over non-void pixels), as the paper.
 - evaluation: one program per padded eval size: the forward pass, the post-processing
-  (`segjax.panoptic_inference`) and the panoptic-quality counts
+  (`segjax.panoptic_inference`: Panoptic-DeepLab's grouping, or Panoptic FPN's
+  heuristic merge) and the panoptic-quality counts
   (`segjax.panoptic_metrics`) accumulated on device; PQ / SQ / RQ on the host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+from collections.abc import Callable
 
 import cv2
 import jax
@@ -31,11 +42,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import optim, panoptic_metrics, visualize
+from segjax import losses, optim, panoptic_metrics, visualize
 from segjax.data import datasets, eval_pipeline, pipeline
 from segjax.data import panoptic_targets as targets
-from segjax.panoptic_inference import panoptic_postprocess
-from segjax.tasks import base, semantic
+from segjax.models.mask_rcnn import LOSS_TERMS
+from segjax.models.panoptic_fpn import PANOPTIC_FPN_MODELS, PanopticFPN, build_panoptic_fpn
+from segjax.panoptic_inference import combine_semantic_and_instances, panoptic_postprocess
+from segjax.tasks import base, instance, semantic
 
 Array = jax.Array
 # The float32 IoU sums of the carry are flushed to the host (float64) this often.
@@ -64,6 +77,15 @@ def config_block() -> ml_collections.ConfigDict:
     c.stuff_area = 2048
     # The most segments one image may hold (prediction or ground truth) for the metric.
     c.max_segments = 256
+    # Panoptic FPN (detectron2's COCO settings; max_instances there: the ground-truth
+    # objects of a training crop, and the best detections entering the merge; stuff_area:
+    # the fewest still-free pixels a stuff segment needs, detectron2's 4096): the weight
+    # of the semantic loss, and the merge's thresholds on a detection's score, on the
+    # share of its mask already taken, and on its pasted mask probabilities.
+    c.lambda_sem = 0.5
+    c.instance_score_threshold = 0.5
+    c.overlap_threshold = 0.5
+    c.mask_threshold = 0.5
     return c
 
 
@@ -164,27 +186,29 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("; ".join(problems))
 
 
-def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
-    """The panoptic segmentation task of `config`."""
-    del mesh  # whole images: nothing to shard but the batch
-    _check_config(config)
-    pc = config.get("panoptic") or config_block()
+@dataclasses.dataclass(frozen=True)
+class _Family:
+    """What differs between the panoptic model families; the rest of the task is shared.
+
+    `panoptic_maps(variables, images, image_hw)` is the forward pass and the
+    post-processing: `{"class", "instance"}` int32 [B, H, W] maps of the canvas.
+    """
+
+    model: object
+    batch_spec: Callable[[int], dict[str, jax.ShapeDtypeStruct]]
+    example_batch: Callable[..., dict[str, np.ndarray]]
+    init_variables: Callable
+    loss: Callable
+    train_targets: object  # the grain op after the shared augmentation
+    panoptic_maps: Callable[..., dict[str, Array]]
+    describe: dict
+
+
+def _panoptic_deeplab(config, pc, thing_classes) -> _Family:
+    # Panoptic-DeepLab: a segmentor of `MODELS` with `center` and `offset` outputs.
     model = semantic.build_model(config)
-    tx, schedule = optim.make_optimizer(config, config.train.steps)
     num_classes, ignore_index = config.dataset.num_classes, config.dataset.ignore_index
     h, w = config.input.crop_size
-    class_names = functools.cache(lambda: datasets.class_names(config.dataset))
-    palette = functools.cache(lambda: datasets.palette(config.dataset))
-
-    @functools.cache
-    def thing_classes() -> tuple[bool, ...]:
-        things = datasets.thing_classes(config.dataset)
-        if len(things) != num_classes:
-            raise ValueError(
-                f"dataset {config.dataset.name!r} has {len(things)} classes, "
-                f"config.dataset.num_classes={num_classes}"
-            )
-        return things
 
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         f32 = jnp.float32
@@ -218,23 +242,8 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         )
         return total, (new_batch_stats, terms)
 
-    def train_batches(source, per_process_batch, seed):
-        op = targets.PanopticTargets(
-            thing_classes(),
-            ignore_index=ignore_index,
-            sigma=pc.center_sigma,
-            small_instance_area=pc.small_instance_area,
-            small_instance_weight=pc.small_instance_weight,
-        )
-        return pipeline.train_loader(
-            config,
-            targets.PanopticSource(source, ignore_index=ignore_index),
-            per_process_batch=per_process_batch,
-            seed=seed,
-            extra_operations=[op],
-        )
-
-    def postprocess(outputs, image_hw):
+    def panoptic_maps(variables, images, image_hw):
+        outputs = model.apply(variables, images, train=False)
         return panoptic_postprocess(
             outputs["logits"],
             outputs["center"],
@@ -247,10 +256,143 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
             image_hw=image_hw,
         )
 
+    keys = ("nms_kernel", "center_threshold", "max_instances", "stuff_area")
+    return _Family(
+        model=model,
+        batch_spec=batch_spec,
+        example_batch=example_batch,
+        init_variables=lambda rng, batch: semantic.init_variables(model, rng, batch["image"].shape),
+        loss=loss,
+        train_targets=lambda: targets.PanopticTargets(
+            thing_classes(),
+            ignore_index=ignore_index,
+            sigma=pc.center_sigma,
+            small_instance_area=pc.small_instance_area,
+            small_instance_weight=pc.small_instance_weight,
+        ),
+        panoptic_maps=panoptic_maps,
+        describe={
+            "mode": "whole image, Panoptic-DeepLab post-processing",
+            **{k: pc[k] for k in keys},
+        },
+    )
+
+
+def _panoptic_fpn(config, pc, thing_classes) -> _Family:
+    # Panoptic FPN: Mask R-CNN + the semantic FPN head, the heuristic merge.
+    things = np.asarray(thing_classes(), bool)
+    model = build_panoptic_fpn(
+        config.model.name,
+        num_things=int(things.sum()),
+        num_stuff=int((~things).sum()),
+        dtype=base.compute_dtype(config),
+        **instance.model_kwargs(config),
+    )
+    ignore_index = config.dataset.ignore_index
+    hw, g = tuple(config.input.crop_size), pc.max_instances
+
+    def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        spec = instance.target_spec(batch_size, hw, g)
+        return {**spec, "semantic": jax.ShapeDtypeStruct((batch_size, *hw), jnp.int32)}
+
+    def example_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        batch = instance.example_targets(
+            batch_size, seed, hw=hw, max_instances=g, num_classes=int(things.sum()) + 1
+        )
+        rng = np.random.default_rng(seed + 1)
+        sem = rng.integers(0, int((~things).sum()) + 1, (batch_size, *hw), dtype=np.int32)
+        return {**batch, "semantic": sem}
+
+    def loss(params, batch_stats, batch, rng):
+        outputs, new_state = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            batch["image"],
+            batch["image_hw"],
+            instance.mask_rcnn_targets(batch),
+            train=True,
+            rngs={"sample": rng},
+            mutable=["batch_stats"],
+        )
+        terms = {k: outputs[k] for k in LOSS_TERMS}
+        terms["loss_sem_seg"] = losses.cross_entropy(
+            outputs["semantic_logits"], batch["semantic"], ignore_index=ignore_index
+        )
+        total = sum(terms[k] for k in LOSS_TERMS) + pc.lambda_sem * terms["loss_sem_seg"]
+        terms["total"] = total
+        return total, (new_state.get("batch_stats", batch_stats), terms)
+
+    def panoptic_maps(variables, images, image_hw):
+        outputs = model.apply(variables, images, image_hw, train=False)
+        return combine_semantic_and_instances(
+            outputs.pop("semantic_logits"),
+            outputs,
+            thing_classes=things,
+            score_threshold=pc.instance_score_threshold,
+            overlap_threshold=pc.overlap_threshold,
+            stuff_area=pc.stuff_area,
+            mask_threshold=pc.mask_threshold,
+            max_instances=pc.max_instances,
+            image_hw=image_hw,
+        )
+
+    keys = ("instance_score_threshold", "overlap_threshold", "stuff_area", "mask_threshold")
+    return _Family(
+        model=model,
+        batch_spec=batch_spec,
+        example_batch=example_batch,
+        init_variables=lambda rng, batch: model.init(
+            {"params": rng}, batch["image"], method=PanopticFPN.create_variables
+        ),
+        loss=loss,
+        train_targets=lambda: targets.PanopticFPNTargets(
+            things, ignore_index=ignore_index, max_instances=g
+        ),
+        panoptic_maps=panoptic_maps,
+        describe={
+            "mode": "whole image, Panoptic FPN merge of instances and semantics",
+            "max_instances": min(int(pc.max_instances), int(model.instance.detections_per_img)),
+            **{k: pc[k] for k in keys},
+        },
+    )
+
+
+def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
+    """The panoptic segmentation task of `config`: Panoptic-DeepLab or Panoptic FPN,
+    picked by `config.model.name`."""
+    del mesh  # whole images: nothing to shard but the batch
+    _check_config(config)
+    pc = config.get("panoptic") or config_block()
+    tx, schedule = optim.make_optimizer(config, config.train.steps)
+    num_classes, ignore_index = config.dataset.num_classes, config.dataset.ignore_index
+    class_names = functools.cache(lambda: datasets.class_names(config.dataset))
+    palette = functools.cache(lambda: datasets.palette(config.dataset))
+
+    @functools.cache
+    def thing_classes() -> tuple[bool, ...]:
+        things = datasets.thing_classes(config.dataset)
+        if len(things) != num_classes:
+            raise ValueError(
+                f"dataset {config.dataset.name!r} has {len(things)} classes, "
+                f"config.dataset.num_classes={num_classes}"
+            )
+        return things
+
+    make = _panoptic_fpn if config.model.name in PANOPTIC_FPN_MODELS else _panoptic_deeplab
+    family = make(config, pc, thing_classes)
+    model = family.model
+
+    def train_batches(source, per_process_batch, seed):
+        return pipeline.train_loader(
+            config,
+            targets.PanopticSource(source, ignore_index=ignore_index),
+            per_process_batch=per_process_batch,
+            seed=seed,
+            extra_operations=[family.train_targets()],
+        )
+
     def predict(variables, batch):
         """Predicted and true (class, instance) maps on the label canvas (-1: void)."""
-        outputs = model.apply(variables, batch["image"], train=False)
-        pred = postprocess(outputs, batch["resized_hw"])
+        pred = family.panoptic_maps(variables, batch["image"], batch["resized_hw"])
         hl, wl = batch["label"].shape[1:]
         hc, wc = pred["class"].shape[1:]
         pad = ((0, 0), (0, max(hl - hc, 0)), (0, max(wl - wc, 0)))
@@ -301,8 +443,7 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         )
 
     def predict_images(variables, images):
-        outputs = model.apply(variables, images, train=False)
-        return postprocess(outputs, None)
+        return family.panoptic_maps(variables, images, None)
 
     def write(image, pred, fitted, stem):
         return write_panoptic_files(
@@ -315,9 +456,9 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         model=model,
         tx=tx,
         schedule=schedule,
-        batch_spec=batch_spec,
-        init_variables=lambda rng, batch: semantic.init_variables(model, rng, batch["image"].shape),
-        loss=loss,
+        batch_spec=family.batch_spec,
+        init_variables=family.init_variables,
+        loss=family.loss,
         train_batches=train_batches,
         eval_batches=lambda source, per_process_batch: eval_pipeline.eval_batches(
             config,
@@ -340,13 +481,12 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         report=report,
         panel=panel,
         describe=lambda: {
-            "mode": "whole image, Panoptic-DeepLab post-processing",
+            **family.describe,
             "eval_pad_size": list(config.input.eval_pad_size),
             "global_batch_size": int(config.input.eval_batch_size),
-            **{k: pc[k] for k in ("nms_kernel", "center_threshold", "max_instances", "stuff_area")},
         },
         image_predictor=base.ImagePredictor(predict=predict_images, write=write),
-        example_batch=example_batch,
+        example_batch=family.example_batch,
     )
 
 
