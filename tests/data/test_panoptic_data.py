@@ -106,3 +106,39 @@ def test_a_semantic_record_is_not_panoptic():
     )
     with pytest.raises(KeyError, match="record 0 has no 'instance'"):
         source[0]
+
+
+def test_panoptic_fpn_targets_against_loops():
+    # Classes 0 stuff, 1 thing, 2 stuff, 3 thing; a crowd region of class 3 (instance 0),
+    # two objects of class 1 and one of class 3, void pixels.
+    things = (False, True, False, True)
+    label = np.zeros((6, 9), np.int64)
+    instance = np.zeros((6, 9), np.int64)
+    label[:, 5:] = 2
+    label[1:3, 1:4], instance[1:3, 1:4] = 1, 1
+    label[4, 0:2], instance[4, 0:2] = 1, 2
+    label[0:2, 6:8], instance[0:2, 6:8] = 3, 1  # instance id 1 again, another class
+    label[5, 6:9] = 3  # crowd
+    label[3, 4] = 255
+    packed = pt.pack(label, instance, ignore_index=255)
+    out = pt.panoptic_fpn_targets(packed, things, ignore_index=255, max_instances=4)
+    for y in range(6):
+        for x in range(9):
+            c = label[y, x]
+            want = 255 if c == 255 else (0 if things[c] else {0: 1, 2: 2}[c])
+            assert out["semantic"][y, x] == want
+    objects = [(1, 1), (1, 2), (3, 1)]  # (class, instance), in packed-key order
+    assert out["instance_valid"].tolist() == [True, True, True, False]
+    assert out["classes"].tolist() == [1, 1, 2, 0]  # things 1 -> 1, 3 -> 2
+    for i, (c, k) in enumerate(objects):
+        mask = (label == c) & (instance == k)
+        np.testing.assert_array_equal(out["masks"][i], mask)
+        ys, xs = np.nonzero(mask)
+        assert out["boxes"][i].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert not out["masks"][3].any() and out["image_hw"].tolist() == [6, 9]
+    # More objects than max_instances: the largest are kept.
+    few = pt.panoptic_fpn_targets(packed, things, ignore_index=255, max_instances=2)
+    assert few["classes"].tolist() == [1, 2] and few["masks"].reshape(2, -1).sum(1).tolist() == [
+        6,
+        4,
+    ]

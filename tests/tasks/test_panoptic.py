@@ -1,6 +1,6 @@
 """The panoptic task: its losses against numpy, its model's outputs, its config rules, and
 (slow) training, exact resume and eval.py's PQ report, panels and file predictions with
-one compiled evaluation program."""
+one compiled evaluation program, for Panoptic-DeepLab and Panoptic FPN."""
 
 import json
 import os
@@ -19,11 +19,12 @@ from segjax.models.__main__ import abstract_variables
 from segjax.tasks import panoptic
 
 
-@pytest.fixture
-def pan_config(panoptic_data_dir):
-    from configs import panoptic_shapes
+@pytest.fixture(params=["panoptic_shapes", "panoptic_fpn_shapes"])
+def pan_config(request, panoptic_data_dir):
+    # Both families through the one task: Panoptic-DeepLab and Panoptic FPN.
+    import importlib
 
-    config = panoptic_shapes.get_config("tiny")
+    config = importlib.import_module(f"configs.{request.param}").get_config("tiny")
     with config.unlocked():
         config.dataset.data_dir = panoptic_data_dir
     return config
