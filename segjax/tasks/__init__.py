@@ -3,9 +3,9 @@
 A task is a frozen `segjax.tasks.base.Task` built from a config by its module's
 `build(config, mesh)`: semantic segmentation (`semantic`, the default), multi-label
 image classification (`classification`), instance segmentation (`instance`: Mask R-CNN,
-PANet), panoptic segmentation (`panoptic`: Panoptic-DeepLab), adversarial training
-(`adversarial`), distillation (`distill`), level-set active contours (`levelset`) and
-volumetric segmentation (`volume`). Adding one is one module plus one line here.
+PANet), panoptic segmentation (`panoptic`: Panoptic-DeepLab, Panoptic FPN), adversarial
+training (`adversarial`), distillation (`distill`), level-set active contours
+(`levelset`) and volumetric segmentation (`volume`). Adding one is one module plus one line here.
 """
 
 from __future__ import annotations
