@@ -48,6 +48,7 @@ def fcn_hrnet_builder(backbone_cls: Callable[..., HRNet]) -> Callable[..., Segme
         dtype: jnp.dtype = jnp.float32,
         output_stride: int | None = None,
         aux_head: bool = False,
+        fuse_upsample: str = "bilinear",
     ) -> Segmentor:
         """HRNetV2 + FCN head (mmseg ``fcn_hr*``), logits at stride 4.
 
@@ -56,9 +57,11 @@ def fcn_hrnet_builder(backbone_cls: Callable[..., HRNet]) -> Callable[..., Segme
             dtype: compute dtype; params are float32.
             output_stride: None or 4 (the head's resolution; fixed by the design).
             aux_head: an FCN auxiliary head on the stride-16 branch (``"aux_logits"``).
+            fuse_upsample: the trunk's fusion upsampling, ``"bilinear"`` (mmseg) or
+                ``"nearest"`` (timm's ImageNet HRNets; ``backbones/hrnet.py``).
         """
         check_fixed_stride("HRNetV2", output_stride, 4)
-        backbone = backbone_cls(dtype=dtype)
+        backbone = backbone_cls(dtype=dtype, fuse_upsample=fuse_upsample)
         head = hrnetv2_fcn_head(backbone, num_classes, dtype)
         channels = backbone.feature_channels()["s16"]
         aux = aux_fcn_head(channels, num_classes, dtype) if aux_head else None

@@ -43,6 +43,7 @@ def ocrnet_hrnet_builder(
         dtype: jnp.dtype = jnp.float32,
         output_stride: int | None = None,
         aux_head: bool = False,
+        fuse_upsample: str = "bilinear",
     ) -> Segmentor:
         """OCRNet on HRNetV2 (mmseg ``ocrnet_hr*``), logits at stride 4.
 
@@ -51,9 +52,11 @@ def ocrnet_hrnet_builder(
             dtype: compute dtype; params are float32.
             output_stride: None or 4 (fixed by the design).
             aux_head: output the soft object regions as ``"aux_logits"`` (mmseg's 0.4 loss).
+            fuse_upsample: the trunk's fusion upsampling, ``"bilinear"`` (mmseg) or
+                ``"nearest"`` (timm's ImageNet HRNets; ``backbones/hrnet.py``).
         """
         check_fixed_stride("OCRNet-HRNetV2", output_stride, 4)
-        backbone = backbone_cls(dtype=dtype)
+        backbone = backbone_cls(dtype=dtype, fuse_upsample=fuse_upsample)
         fcn = hrnetv2_fcn_head(backbone, num_classes, dtype)
         head = OCRHead(
             num_classes,

@@ -24,6 +24,7 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
+from segjax.models.backbones.hrnet import HRNetW18, HRNetW18Small, HRNetW32, HRNetW48
 from segjax.models.backbones.mobilenet import MOBILENET_V2_SETTING, MobileNetV2
 from segjax.models.backbones.mobilenet_v3 import MOBILENET_V3_LARGE, MobileNetV3Large
 from segjax.models.backbones.resnet import (
@@ -229,6 +230,37 @@ XCEPTION_TIMM_RULES = [
     ),
 ]
 
+# HRNet: timm's HighResolutionNet and mmseg's HRNet share the names of the original code
+# (HRNet-Image-Classification): conv1/bn1, conv2/bn2, layer1 (bottlenecks), transition<s>
+# (`.0` = the 3x3 conv-BN-ReLU to W before stage 2, `.<b>.0` a new branch's stride-2 one),
+# stage<s>.<m>.branches.<b>.<k> (BasicBlocks), stage<s>.<m>.fuse_layers.<i>.<j>
+# (`.0`/`.1` 1x1 conv-BN for j > i, `.<k>.0`/`.<k>.1` the k-th stride-2 conv for j < i).
+HRNET_RULES = [
+    *conv_bn("stem_conv1", "conv1", "bn1"),
+    *conv_bn("stem_conv2", "conv2", "bn2"),
+    *_RESNET_BLOCKS,  # layer1_block<k>
+    Rule(
+        r"stage(\d)_module(\d+)/branch(\d)_block(\d+)/conv(\d)/conv",
+        r"stage\1.\2.branches.\3.\4.conv\5",
+    ),
+    Rule(
+        r"stage(\d)_module(\d+)/branch(\d)_block(\d+)/conv(\d)/bn",
+        r"stage\1.\2.branches.\3.\4.bn\5",
+    ),
+    *conv_bn(
+        r"stage(\d)_module(\d+)/fuse(\d)_from(\d)",
+        r"stage\1.\2.fuse_layers.\3.\4.0",
+        r"stage\1.\2.fuse_layers.\3.\4.1",
+    ),
+    *conv_bn(
+        r"stage(\d)_module(\d+)/fuse(\d)_from(\d)_down(\d)",
+        r"stage\1.\2.fuse_layers.\3.\4.\5.0",
+        r"stage\1.\2.fuse_layers.\3.\4.\5.1",
+    ),
+    *conv_bn("transition1_branch0", "transition1.0.0", "transition1.0.1"),
+    *conv_bn(r"transition(\d)_branch(\d)", r"transition\1.\2.0.0", r"transition\1.\2.0.1"),
+]
+
 _TORCHVISION_RESNETS = {
     "resnet18": ResNet18,
     "resnet34": ResNet34,
@@ -310,6 +342,34 @@ _add(
     )
 )
 
+
+# timm's HRNets: the trunk (stem, stage 1, transitions, stages 2-4), whose four branches are
+# segjax's s4-s32. Its ImageNet head (incre_modules: bottlenecks to 128-1024 channels,
+# downsamp_modules, final_layer to 2048, classifier) only serves classification, as timm's
+# classifier does for its ResNets: ignored. timm fuses with nearest upsampling, so the
+# backbone it converts into (and its parity) is HRNet(fuse_upsample="nearest"); applied to
+# fcn_hr* / ocrnet_hr* (bilinear, mmseg's fine-tuning of the same ImageNet weights) the
+# tensors fit either way.
+_TIMM_HRNETS = {
+    "hrnet_w18_small_v2": ("W18-small-v2", HRNetW18Small),
+    "hrnet_w18": ("W18", HRNetW18),
+    "hrnet_w32": ("W32", HRNetW32),
+    "hrnet_w48": ("W48", HRNetW48),
+}
+for _name, (_what, _cls) in _TIMM_HRNETS.items():
+    _add(
+        Conversion(
+            "timm",
+            _name,
+            Layout(
+                HRNET_RULES,
+                ignore=(r"(incre_modules|downsamp_modules|final_layer|classifier)\..*",),
+            ),
+            backbone=functools.partial(_cls, fuse_upsample="nearest"),
+            description=f"timm {_name} trunk (not its classification head) -> segjax HRNet "
+            f"{_what} with fuse_upsample='nearest'",
+        )
+    )
 
 # --- torchvision segmentation models --------------------------------------------------------
 
@@ -496,3 +556,52 @@ _add(
         "mmseg_unet_s5_d16",
     )
 )
+
+
+# mmseg's fcn_hr*: EncoderDecoder(HRNet, FCNHead(kernel_size=1, num_convs=1, no concat)) on
+# the resized, concatenated branches; ocrnet_hr*: CascadeEncoderDecoder whose decode_head is
+# a list, [0] that FCN head (the soft object regions), [1] the OCRHead (bottleneck, the
+# ObjectAttentionBlock's query/key projections of two ConvModules, value/out projections of
+# one, its `bottleneck` = segjax's `fuse`). Neither config has an auxiliary_head; segjax's
+# aux_logits of OCRNet are decode_head.0's logits (no tensors of their own).
+_MMSEG_HRNET_BACKBONE = scoped(HRNET_RULES, "backbone/", "backbone.")
+_OCR = "decode_head.1.object_context_block"
+MMSEG_OCR_HEAD_RULES = [
+    _module("neck/fcn/conv0", "decode_head.0.convs.0"),
+    Rule("neck/fcn/classifier/conv", "decode_head.0.conv_seg"),
+    _module("head/bottleneck", "decode_head.1.bottleneck"),
+    _module(r"head/(query|key)_project(\d)", _OCR + r".\1_project.\2"),
+    _module(r"head/(value|out)_project", _OCR + r".\1_project"),
+    _module("head/fuse", _OCR + ".bottleneck"),
+    Rule("head/classifier/conv", "decode_head.1.conv_seg"),
+]
+for _width in ("18s", "18", "48"):
+    _add(
+        Conversion(
+            "mmseg",
+            f"fcn_hr{_width}",
+            Layout(
+                [
+                    *_MMSEG_HRNET_BACKBONE,
+                    _module("head/conv0", "decode_head.convs.0"),
+                    _MMSEG_CLASSIFIER,
+                ]
+            ),
+            model=f"fcn_hr{_width}",
+            classifier="decode_head.conv_seg.weight",
+            aux_prefix="auxiliary_head.",
+            description=f"mmsegmentation fcn_hr{_width} checkpoint -> segjax fcn_hr{_width}",
+        )
+    )
+    _add(
+        Conversion(
+            "mmseg",
+            f"ocrnet_hr{_width}",
+            Layout([*_MMSEG_HRNET_BACKBONE, *MMSEG_OCR_HEAD_RULES]),
+            model=f"ocrnet_hr{_width}",
+            classifier="decode_head.1.conv_seg.weight",
+            aux_prefix="decode_head.0.",
+            description=f"mmsegmentation ocrnet_hr{_width} checkpoint (both cascaded heads) -> "
+            f"segjax ocrnet_hr{_width} with aux_head (the soft object regions)",
+        )
+    )

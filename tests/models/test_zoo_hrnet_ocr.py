@@ -22,6 +22,7 @@ from segjax.models.backbones.hrnet import (
     HRNetW18Small,
     HRNetW32,
     HRNetW48,
+    upsample_fused,
 )
 from segjax.models.heads.ocr import OCRHead
 from segjax.models.necks.resize_concat import ResizeConcat
@@ -138,6 +139,41 @@ def test_hrnet_branch_shapes(hw):
         assert feats[key].shape == (1, h, w, backbone.feature_channels()[key])
     rep = jax.eval_shape(lambda f: ResizeConcat().apply({}, f, train=False), feats)["hrnetv2"]
     assert rep.shape == (*feats["s4"].shape[:3], 8 + 16 + 32 + 64)
+
+
+def _bilinear_1d(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of PyTorch's bilinear resize, align_corners=False, in loops."""
+    w = np.zeros((n_out, n_in))
+    for d in range(n_out):
+        src = max((d + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(np.floor(src)), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        w[d, i0] += 1 - (src - i0)
+        w[d, i1] += src - i0
+    return w
+
+
+def test_fusion_upsampling_modes():
+    """mmseg's bilinear x4 then resize to the branch; timm's pixel repeat (cropped)."""
+    x = np.random.default_rng(0).normal(size=(1, 3, 2, 2)).astype(np.float32)
+    size = (10, 7)  # an odd-size branch: 10 x 7 under a 3 x 2 one, factor 4
+    nearest = np.asarray(upsample_fused(jnp.asarray(x), 4, size, "nearest"))
+    for i in range(10):
+        for j in range(7):
+            np.testing.assert_array_equal(nearest[0, i, j], x[0, i // 4, j // 4])
+    # Two separable bilinear resizes: 3 x 2 -> 12 x 8 -> 10 x 7.
+    rows = _bilinear_1d(12, 10) @ _bilinear_1d(3, 12)
+    cols = _bilinear_1d(8, 7) @ _bilinear_1d(2, 8)
+    expected = np.einsum("ai,bj,ijc->abc", rows, cols, x[0].astype(np.float64))
+    bilinear = np.asarray(upsample_fused(jnp.asarray(x), 4, size, "bilinear"))
+    np.testing.assert_allclose(bilinear[0], expected, rtol=1e-5, atol=1e-6)
+    direct = np.einsum("ai,bj,ijc->abc", _bilinear_1d(3, 10), _bilinear_1d(2, 7), x[0])
+    assert np.abs(direct - expected).max() > 1e-2  # one resize is not mmseg's
+    with pytest.raises(ValueError, match="fuse_upsample must be one of"):
+        jax.eval_shape(
+            lambda v: HRNetTiny(fuse_upsample="bicubic").init(jax.random.key(0), v, train=False),
+            jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32),
+        )
 
 
 def test_hrnet_stride_is_fixed():

@@ -7,7 +7,10 @@ mmsegmentation's (``backbone.stem.0``, ``decode_head.psp_modules.0.1.conv``, ...
 computation is its forward code. The ResNet is timm's ``resnet50c`` / ``resnet101c`` (deep
 stem 32-32-64, dilation with the first block of a stage at the previous rate = mmseg's
 ``ResNetV1c`` with ``contract_dilation=True``), its modules re-parented under mmseg's names:
-the reference computation of the trunk is timm's, not ours.
+the reference computation of the trunk is timm's, not ours. Likewise the HRNet is timm's
+``hrnet_*`` module tree (its tensor names are mmseg's: both come from the HRNet
+reference code) with mmseg's fusion (bilinear upsampling, then a resize to the target
+branch) in place of timm's nearest one.
 
 Run by ``torch_reference.py``; nothing here imports segjax.
 """
@@ -77,30 +80,44 @@ class ResNetV1c(nn.Module):
 
 
 class DecodeHead(nn.Module):
-    """mmseg's ``BaseDecodeHead``: ``conv_seg`` (1x1, with bias) after dropout."""
+    """mmseg's ``BaseDecodeHead``: ``conv_seg`` (1x1, with bias) after dropout.
 
-    def __init__(self, channels: int, num_classes: int, in_index: int):
+    ``in_index`` an int: that input; ``"resize_concat"``: every input resized (bilinear) to
+    the first one's size and concatenated (``input_transform="resize_concat"``).
+    """
+
+    def __init__(self, channels: int, num_classes: int, in_index):
         super().__init__()
         self.in_index = in_index
         self.dropout = nn.Dropout2d(0.1)
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def transform_inputs(self, inputs):
+        if self.in_index == "resize_concat":
+            return torch.cat([resize(x, inputs[0].shape[2:]) for x in inputs], dim=1)
+        return inputs[self.in_index]
 
     def cls_seg(self, x):
         return self.conv_seg(self.dropout(x))
 
 
 class FCNHead(DecodeHead):
-    def __init__(self, cin, channels, num_classes, num_convs=2, concat_input=True, in_index=3):
+    def __init__(
+        self, cin, channels, num_classes, num_convs=2, concat_input=True, in_index=3, kernel=3
+    ):
         super().__init__(channels, num_classes, in_index)
         self.convs = nn.Sequential(
-            *[ConvModule(cin if i == 0 else channels, channels, 3, 1) for i in range(num_convs)]
+            *[
+                ConvModule(cin if i == 0 else channels, channels, kernel, kernel // 2)
+                for i in range(num_convs)
+            ]
         )
         self.concat_input = concat_input
         if concat_input:
             self.conv_cat = ConvModule(cin + channels, channels, 3, 1)
 
     def forward(self, inputs):
-        x = inputs[self.in_index]
+        x = self.transform_inputs(inputs)
         out = self.convs(x)
         if self.concat_input:
             out = self.conv_cat(torch.cat([x, out], dim=1))
@@ -170,10 +187,15 @@ class FPN(nn.Module):
 
 
 class Upsample(nn.Module):
-    """mmseg's ``Upsample(scale_factor=2, mode="bilinear", align_corners=False)``."""
+    """mmseg's ``Upsample(scale_factor, mode="bilinear", align_corners=False)``: to
+    ``int(size * scale_factor)``."""
+
+    def __init__(self, scale_factor: int = 2):
+        super().__init__()
+        self.scale_factor = scale_factor
 
     def forward(self, x):
-        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return resize(x, [int(t * self.scale_factor) for t in x.shape[-2:]])
 
 
 class FPNHead(DecodeHead):
@@ -255,6 +277,150 @@ class UNet(nn.Module):
         return dec
 
 
+class HRNet(nn.Module):
+    """mmseg's ``HRNet``: timm's module tree, mmseg's ``HRModule`` fusion; the 4 branches.
+
+    timm's ``HighResolutionNet(head="")`` has mmseg's modules and names (``conv1``, ``bn1``,
+    ``conv2``, ``bn2``, ``layer1``, ``transition1-3``, ``stage2-4``); each ``j > i`` fusion
+    path's ``nn.Upsample(nearest)`` becomes mmseg's bilinear ``Upsample(2 ** (j - i))`` and the
+    forward is mmseg's, which resizes every upsampled path to the target branch's size.
+    ``overrides``: timm config entries (a narrow variant's stages).
+    """
+
+    def __init__(self, variant: str, overrides: dict | None = None):
+        super().__init__()
+        import timm
+
+        t = timm.create_model(variant, pretrained=False, head="", **(overrides or {}))
+        self.conv1, self.bn1, self.conv2, self.bn2 = t.conv1, t.bn1, t.conv2, t.bn2
+        self.layer1 = t.layer1
+        self.transition1, self.transition2, self.transition3 = (
+            t.transition1,
+            t.transition2,
+            t.transition3,
+        )
+        self.stage2, self.stage3, self.stage4 = t.stage2, t.stage3, t.stage4
+        for stage in (self.stage2, self.stage3, self.stage4):
+            for module in stage:
+                for i, paths in enumerate(module.fuse_layers):
+                    for j, path in enumerate(paths):
+                        if j > i:
+                            path[2] = Upsample(2 ** (j - i))
+
+    @staticmethod
+    def hr_module(module, xs):
+        """mmseg's ``HRModule.forward``: branches, then the fusion with a ReLU."""
+        xs = [branch(x) for branch, x in zip(module.branches, xs, strict=True)]
+        out = []
+        for i, paths in enumerate(module.fuse_layers):
+            y = 0
+            for j, path in enumerate(paths):
+                if j == i:
+                    y = y + xs[j]
+                elif j > i:
+                    y = y + resize(path(xs[j]), xs[i].shape[2:])
+                else:
+                    y = y + path(xs[j])
+            out.append(F.relu(y))
+        return out
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        ys = [self.layer1(x)]
+        for transition, stage in (
+            (self.transition1, self.stage2),
+            (self.transition2, self.stage3),
+            (self.transition3, self.stage4),
+        ):
+            xs = [
+                ys[i] if isinstance(t, nn.Identity) else t(ys[-1]) for i, t in enumerate(transition)
+            ]
+            for module in stage:
+                xs = self.hr_module(module, xs)
+            ys = xs
+        return ys
+
+
+class ObjectAttentionBlock(nn.Module):
+    """mmseg's OCR ``ObjectAttentionBlock`` (``SelfAttentionBlock`` + ``bottleneck``)."""
+
+    def __init__(self, cin: int, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.key_project = nn.Sequential(
+            ConvModule(cin, channels, 1), ConvModule(channels, channels, 1)
+        )
+        self.query_project = nn.Sequential(
+            ConvModule(cin, channels, 1), ConvModule(channels, channels, 1)
+        )
+        self.value_project = ConvModule(cin, channels, 1)
+        self.out_project = ConvModule(channels, cin, 1)
+        self.bottleneck = ConvModule(2 * cin, cin, 1)
+
+    def forward(self, query_feats, key_feats):
+        b = query_feats.shape[0]
+        query = self.query_project(query_feats).flatten(2).permute(0, 2, 1)
+        key = self.key_project(key_feats).flatten(2)
+        value = self.value_project(key_feats).flatten(2).permute(0, 2, 1)
+        sim = F.softmax(torch.matmul(query, key) * self.channels**-0.5, dim=-1)
+        context = torch.matmul(sim, value).permute(0, 2, 1)
+        context = self.out_project(context.reshape(b, -1, *query_feats.shape[2:]))
+        return self.bottleneck(torch.cat([context, query_feats], dim=1))
+
+
+class OCRHead(DecodeHead):
+    """mmseg's ``OCRHead``: 3x3 bottleneck, spatial gather (scale 1), object attention."""
+
+    def __init__(self, cin, channels, ocr_channels, num_classes, in_index="resize_concat"):
+        super().__init__(channels, num_classes, in_index)
+        self.bottleneck = ConvModule(cin, channels, 3, 1)
+        self.object_context_block = ObjectAttentionBlock(channels, ocr_channels)
+
+    def forward(self, inputs, prev_output):
+        feats = self.bottleneck(self.transform_inputs(inputs))
+        b, k = prev_output.shape[:2]
+        probs = F.softmax(prev_output.reshape(b, k, -1), dim=2)  # SpatialGatherModule
+        context = torch.matmul(probs, feats.flatten(2).permute(0, 2, 1))  # [B, K, C]
+        context = context.permute(0, 2, 1).unsqueeze(3)  # [B, C, K, 1]
+        return self.cls_seg(self.object_context_block(feats, context))
+
+
+class CascadeEncoderDecoder(nn.Module):
+    """mmseg's ``CascadeEncoderDecoder`` of two heads; the first's logits as ``aux_logits``."""
+
+    def __init__(self, backbone, decode_heads):
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = nn.ModuleList(decode_heads)
+
+    def forward(self, x):
+        feats = self.backbone(x)
+        regions = self.decode_head[0](feats)
+        logits = self.decode_head[1](feats, regions)
+        return {"logits": resize(logits, x.shape[2:]), "aux_logits": resize(regions, x.shape[2:])}
+
+
+# mmseg's HRNet configs and the timm models with the same trunk.
+HRNET_VARIANTS = {"hr18s": "hrnet_w18_small_v2", "hr18": "hrnet_w18", "hr48": "hrnet_w48"}
+
+
+def build_hrnet(name: str, kwargs: dict):
+    """(model, run) for ``fcn_hr18s`` ... ``ocrnet_hr48``; ``kwargs["timm"]``: the trunk's
+    timm config overrides of a narrow variant, ``channels`` / ``ocr_channels`` its OCR."""
+    arch, width = name.split("_")
+    backbone = HRNet(HRNET_VARIANTS[width], kwargs.get("timm"))
+    widths = [m[0].conv2.out_channels for m in backbone.stage4[-1].branches]
+    k, cin = kwargs.get("num_classes", 5), sum(widths)
+    fcn = FCNHead(cin, cin, k, num_convs=1, concat_input=False, in_index="resize_concat", kernel=1)
+    if arch == "fcn":
+        model = EncoderDecoder(backbone, fcn)
+        return model, model
+    ocr = OCRHead(cin, kwargs.get("channels", 512), kwargs.get("ocr_channels", 256), k)
+    model = CascadeEncoderDecoder(backbone, [fcn, ocr])
+    return model, model
+
+
 class EncoderDecoder(nn.Module):
     """mmseg's ``EncoderDecoder``: logits resized (bilinear) to the input size."""
 
@@ -283,6 +449,8 @@ class EncoderDecoder(nn.Module):
 
 def build(name: str, kwargs: dict):
     """(model, run) for an mmseg config name (``pspnet_r50-d8``, ``fpn_r50``, ...)."""
+    if "_hr" in name:
+        return build_hrnet(name, kwargs)
     k = kwargs.get("num_classes", 5)
     aux = kwargs.get("aux", True)
     depth = 101 if "r101" in name else 50

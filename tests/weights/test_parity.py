@@ -2,7 +2,7 @@
 
 PyTorch builds each reference model with random weights and random BatchNorm statistics
 (``torch_reference.py``, in ``$SEGJAX_TORCH_PYTHON``), writes its state dict and its
-outputs at an odd input size (37x45) in eval mode; segjax converts the file without
+outputs at an odd input size (37x45; timm's HRNets 61x93) in eval mode; segjax converts the file without
 PyTorch (``segjax.weights``), runs the same input, and must agree to ``1e-4`` of the
 outputs' largest magnitude, in float32. Backbones compare all four (five for VGG) feature
 maps, segmentation models their logits and auxiliary logits.
@@ -10,7 +10,8 @@ maps, segmentation models their logits and auxiliary logits.
 The default suite runs a cheap representative of each reader and layout family (a
 torchvision ResNet-18 backbone from a zip ``.pth``, a timm ResNet-18 from ``.safetensors``,
 MobileNetV2 from a legacy-format ``.pth``, torchvision's FCN-ResNet-50 with its auxiliary
-head and its LR-ASPP on MobileNetV3-Large, mmsegmentation's U-Net layout at 8 channels);
+head and its LR-ASPP on MobileNetV3-Large, mmsegmentation's U-Net layout at 8 channels,
+timm's HRNet trunk and mmsegmentation's OCRNet-HRNet at 8-64 channels);
 ``-m slow`` runs every other mapping at full size
 (``test_every_conversion_has_a_parity_case`` keeps the list complete).
 """
@@ -29,11 +30,13 @@ import numpy as np
 import pytest
 
 from segjax.models import build_model
+from segjax.models.backbones.hrnet import HRNetTiny, HRNetW18, HRNetW18Small, HRNetW32, HRNetW48
 from segjax.models.backbones.mobilenet import MobileNetV2
 from segjax.models.backbones.mobilenet_v3 import MobileNetV3Large
 from segjax.models.backbones.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
 from segjax.models.backbones.vgg import VGG
 from segjax.models.backbones.xception import Xception65
+from segjax.models.ocrnet import ocrnet_hrnet_builder
 from segjax.weights import CONVERSIONS, convert_file, get_conversion
 from segjax.weights.convert import abstract_variables, convert_state_dict
 from segjax.weights.readers import read_tensors
@@ -48,7 +51,9 @@ class Case:
 
     ``backbone``: the segjax backbone to run the file's ``backbone`` subtree with (stride
     options matching the PyTorch model's); None: the conversion's own segjax model, or
-    ``model`` (a registered name) with the conversion's layout for a narrow variant.
+    ``model`` (a registered name, or a builder) with the conversion's layout for a narrow
+    variant (``narrow=True``: ``backbone`` is one, the layout applied to it directly).
+    ``size``: the input (timm's HRNet only runs where each branch is twice the next).
     """
 
     id: str
@@ -56,16 +61,18 @@ class Case:
     name: str
     torch_kwargs: dict = dataclasses.field(default_factory=dict)
     backbone: Callable | None = None
-    model: str | None = None
+    model: str | Callable | None = None
     format: str = "zip"
     slow: bool = True
+    narrow: bool = False
+    size: tuple[int, int] = SIZE
 
     def job(self) -> dict:
         return {
             "id": self.id,
             "source": self.source,
             "name": self.name,
-            "size": list(SIZE),
+            "size": list(self.size),
             "kwargs": self.torch_kwargs,
             "format": self.format,
             "seed": zlib.crc32(self.id.encode()) % 1000,
@@ -73,6 +80,32 @@ class Case:
 
 
 _DILATED = {"dilation": [False, True, True]}
+# An odd size at which every HRNet branch is exactly twice the next (ceil(H / 4) and
+# ceil(W / 4) divisible by 8): timm's nearest fusion adds without resizing.
+HRNET_TIMM_SIZE = (61, 93)
+# HRNet-tiny with timm's 64-channel stem (timm's second stem conv is always 64 wide).
+HRNET_NARROW = functools.partial(HRNetTiny, stem_width=64)
+
+
+def _hrnet_stage(branches: int, block: str, blocks: int, widths) -> dict:
+    return {
+        "num_modules": 1,
+        "num_branches": branches,
+        "block_type": block,
+        "num_blocks": [blocks] * branches,
+        "num_channels": list(widths),
+        "fuse_method": "SUM",
+    }
+
+
+# timm's config of HRNET_NARROW (its stem is 64 channels whatever stem_width says).
+_HRNET_NARROW_TIMM = {
+    "stem_width": 64,
+    "stage1": _hrnet_stage(1, "BOTTLENECK", 1, [8]),
+    "stage2": _hrnet_stage(2, "BASIC", 1, [8, 16]),
+    "stage3": _hrnet_stage(3, "BASIC", 1, [8, 16, 32]),
+    "stage4": _hrnet_stage(4, "BASIC", 1, [8, 16, 32, 64]),
+}
 CASES = [
     # Default suite: one of each reader and layout family.
     Case("tv_resnet18", "torchvision", "resnet18", backbone=ResNet18, slow=False),
@@ -90,6 +123,27 @@ CASES = [
     Case("tv_lraspp_mobilenet_v3_large", "torchvision", "lraspp_mobilenet_v3_large", slow=False),
     Case(
         "mmseg_unet_tiny", "mmseg", "unet-s5-d16", {"base": 8}, model="mmseg_unet_tiny", slow=False
+    ),
+    # HRNet at 8-64 channels, one module of one block per stage (timm's stem: 64 channels):
+    # timm's trunk (nearest fusion); mmseg's OCRNet (bilinear fusion; its first head is
+    # fcn_hr's FCN head).
+    Case(
+        "timm_hrnet_narrow",
+        "timm",
+        "hrnet_w18_small_v2",
+        _HRNET_NARROW_TIMM,
+        functools.partial(HRNET_NARROW, fuse_upsample="nearest"),
+        narrow=True,
+        size=HRNET_TIMM_SIZE,
+        slow=False,
+    ),
+    Case(
+        "mmseg_ocrnet_hr_narrow",
+        "mmseg",
+        "ocrnet_hr18s",
+        {"timm": _HRNET_NARROW_TIMM, "channels": 16, "ocr_channels": 8},
+        model=ocrnet_hrnet_builder(HRNET_NARROW, channels=16, ocr_channels=8),
+        slow=False,
     ),
     # torchvision backbones (dilated ones as the segmentation models use them).
     Case("tv_resnet34", "torchvision", "resnet34", backbone=ResNet34),
@@ -158,6 +212,21 @@ CASES = [
         {"output_stride": 16},
         functools.partial(Xception65, output_stride=16),
     ),
+    *[
+        Case(
+            f"timm_{n}",
+            "timm",
+            n,
+            backbone=functools.partial(cls, fuse_upsample="nearest"),
+            size=HRNET_TIMM_SIZE,
+        )
+        for n, cls in (
+            ("hrnet_w18_small_v2", HRNetW18Small),
+            ("hrnet_w18", HRNetW18),
+            ("hrnet_w32", HRNetW32),
+            ("hrnet_w48", HRNetW48),
+        )
+    ],
     # mmsegmentation checkpoints (layouts rebuilt in mmseg_reference.py).
     *[
         Case(f"mmseg_{n}", "mmseg", n)
@@ -170,6 +239,12 @@ CASES = [
             "deeplabv3plus_r101-d8",
             "fpn_r50",
             "unet-s5-d16",
+            "fcn_hr18s",
+            "fcn_hr18",
+            "fcn_hr48",
+            "ocrnet_hr18s",
+            "ocrnet_hr18",
+            "ocrnet_hr48",
         )
     ],
 ]
@@ -180,10 +255,17 @@ def _segjax_outputs(case: Case, folder: str) -> dict[str, np.ndarray]:
         folder, "weights.safetensors" if case.format == "safetensors" else "weights.pth"
     )
     x = np.load(os.path.join(folder, "input.npy"))
-    if case.model is not None:  # a narrow variant of the conversion's model
-        model = build_model(case.model, num_classes=5, aux_head=True)
-        layout = get_conversion(case.source, case.name).layout
-        variables = convert_state_dict(read_tensors(weights), layout, abstract_variables(model))
+    if case.model is not None or case.narrow:  # a narrow variant of the conversion's model
+        state_dict = read_tensors(weights)
+        conversion = get_conversion(case.source, case.name)
+        if case.model is None:
+            model = case.backbone()
+        else:
+            build = (
+                case.model if callable(case.model) else functools.partial(build_model, case.model)
+            )
+            model = build(**conversion.target(state_dict)[1])
+        variables = convert_state_dict(state_dict, conversion.layout, abstract_variables(model))
     else:
         variables, meta = convert_file(case.source, case.name, weights)
         if case.backbone is not None:

@@ -105,10 +105,22 @@ def torchvision_model(name: str, kwargs: dict):
 
 
 def timm_model(name: str, kwargs: dict):
-    """(model, run) for a timm classifier: its backbone features."""
+    """(model, run) for a timm classifier: its backbone features.
+
+    ``kwargs`` go to ``timm.create_model``: options, or an HRNet's stage configs (a narrow
+    variant for the fast suite).
+    """
     import timm
 
     model = timm.create_model(name, pretrained=False, **kwargs)
+    if name.startswith("hrnet"):
+        # The trunk's four branches (timm's own modules), not the classification head.
+        def run(x):
+            x = model.act1(model.bn1(model.conv1(x)))
+            x = model.act2(model.bn2(model.conv2(x)))
+            return dict(zip(("s4", "s8", "s16", "s32"), model.stages(x), strict=True))
+
+        return model, run
     if name.startswith("xception"):
         b = model.blocks
         layers = {

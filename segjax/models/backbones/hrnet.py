@@ -4,9 +4,9 @@ A stem of two stride-2 3x3 conv-BN-ReLUs (64 channels), stage 1 of ``Bottleneck`
 stride 4 (64 -> 256 channels), then stages 2-4 with 2, 3 and 4 parallel branches at strides
 4, 8, 16, 32 and widths ``W, 2W, 4W, 8W``. Each stage is a sequence of ``HRModule``s:
 ``BasicBlock``s on every branch, then a fusion in which output branch ``i`` sums every input
-branch ``j`` brought to its resolution and width (``j > i``: 1x1 conv-BN, bilinear upsample
-with half-pixel centres; ``j < i``: ``i - j`` stride-2 3x3 conv-BNs, ReLU between them) and
-applies a ReLU. A transition before each stage adds the new, coarser branch with a stride-2
+branch ``j`` brought to its resolution and width (``j > i``: 1x1 conv-BN, upsampling by
+``2 ** (j - i)``; ``j < i``: ``i - j`` stride-2 3x3 conv-BNs, ReLU between them) and applies a
+ReLU. A transition before each stage adds the new, coarser branch with a stride-2
 3x3 conv-BN-ReLU from the previous coarsest one (before stage 2: a 3x3 conv-BN-ReLU from
 stage 1's 256 channels to ``W`` and a stride-2 one to ``2W``).
 
@@ -17,7 +17,16 @@ out of the last module). Outputs are keyed by stride, ``{"s4", "s8", "s16", "s32
 
 Odd sizes: every stride-2 conv maps ``n`` to ``ceil(n / 2)``, so branch ``k`` is
 ``ceil``-halved ``k`` times from stride 4 and the downsampling fusion paths reproduce exactly
-those sizes; upsampling fusion resizes to the target branch's size.
+those sizes. The upsampling paths (``fuse_upsample``):
+
+- ``"bilinear"`` (default; mmsegmentation's ``HRModule``): bilinear upsampling by
+  ``2 ** (j - i)`` (half-pixel centres), then a bilinear resize to the target branch's size,
+  which is a no-op where the size is already right (inputs divisible by 32);
+- ``"nearest"`` (timm's ``HighResolutionModule`` and the HRNet-Image-Classification code that
+  its ImageNet weights come from): each pixel repeated ``2 ** (j - i)`` times, cropped to the
+  target branch's size (bottom / right). timm adds without cropping, so it only runs where
+  every branch is exactly twice the next (``ceil(H / 4)`` and ``ceil(W / 4)`` divisible by
+  8, e.g. 61x93); there the two are equal.
 
 Example:
     >>> model = HRNetW18Small()
@@ -42,6 +51,22 @@ from segjax.models.layers import ConvBNReLU, resize_bilinear
 Array = jax.Array
 
 BRANCH_KEYS = ("s4", "s8", "s16", "s32")
+FUSE_UPSAMPLES = ("bilinear", "nearest")
+
+
+def upsample_fused(x: Array, factor: int, size: Sequence[int], mode: str) -> Array:
+    """A fusion path's upsampling: ``[B, h, w, C]`` by ``factor``, to ``[B, *size, C]``.
+
+    ``size`` is at most ``factor`` times ``(h, w)`` (branches are ceil-halved); see the
+    module docstring for the two modes.
+    """
+    h, w = int(size[0]), int(size[1])
+    if mode == "nearest":
+        x = jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+        return x[:, :h, :w]
+    # Resize in float32: bilinear weights in bf16 band the result.
+    y = resize_bilinear(x.astype(jnp.float32), (x.shape[1] * factor, x.shape[2] * factor))
+    return resize_bilinear(y, (h, w)).astype(x.dtype)
 
 
 class HRModule(nn.Module):
@@ -50,11 +75,13 @@ class HRModule(nn.Module):
     Attributes:
         widths: channels of each branch, finest first.
         num_blocks: ``BasicBlock``s per branch.
+        fuse_upsample: ``"bilinear"`` (mmseg) or ``"nearest"`` (timm); module docstring.
         dtype: compute dtype; parameters are float32.
     """
 
     widths: Sequence[int]
     num_blocks: int
+    fuse_upsample: str = "bilinear"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -73,8 +100,7 @@ class HRModule(nn.Module):
             for j, x in enumerate(xs):
                 if j > i:
                     z = conv(width, 1, act=None, name=f"fuse{i}_from{j}")(x, train=train)
-                    # Resize in float32: bilinear weights in bf16 band the result.
-                    z = resize_bilinear(z.astype(jnp.float32), y.shape[1:3]).astype(z.dtype)
+                    z = upsample_fused(z, 2 ** (j - i), y.shape[1:3], self.fuse_upsample)
                 elif j < i:
                     z = x
                     for k in range(i - j):
@@ -103,6 +129,8 @@ class HRNet(nn.Module):
         stage1_blocks: ``Bottleneck``s of stage 1 (4; small: 2).
         stage1_width: the bottlenecks' inner width (64; output ``4 * stage1_width``).
         stem_width: channels of the two stem convs (64).
+        fuse_upsample: the fusions' upsampling, ``"bilinear"`` (mmseg, the default) or
+            ``"nearest"`` (timm's ImageNet models); see the module docstring.
         dtype: compute dtype; parameters are float32.
     """
 
@@ -112,6 +140,7 @@ class HRNet(nn.Module):
     stage1_blocks: int = 4
     stage1_width: int = 64
     stem_width: int = 64
+    fuse_upsample: str = "bilinear"
     dtype: jnp.dtype = jnp.float32
 
     def feature_channels(self) -> dict[str, int]:
@@ -131,6 +160,10 @@ class HRNet(nn.Module):
                     f"HRNet {field} must have one entry per stage 2-4, got "
                     f"{tuple(getattr(self, field))}"
                 )
+        if self.fuse_upsample not in FUSE_UPSAMPLES:
+            raise ValueError(
+                f"HRNet fuse_upsample must be one of {FUSE_UPSAMPLES}, got {self.fuse_upsample!r}"
+            )
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> dict[str, Array]:
@@ -159,9 +192,13 @@ class HRNet(nn.Module):
                 )
             )
             for m in range(modules):
-                xs = HRModule(widths, blocks, dtype=self.dtype, name=f"stage{s + 2}_module{m}")(
-                    xs, train=train
-                )
+                xs = HRModule(
+                    widths,
+                    blocks,
+                    fuse_upsample=self.fuse_upsample,
+                    dtype=self.dtype,
+                    name=f"stage{s + 2}_module{m}",
+                )(xs, train=train)
         return dict(zip(BRANCH_KEYS, xs, strict=True))
 
 
