@@ -21,8 +21,9 @@ the segmentor's bilinear resize to the input.
 
 A sweep is one `lax.scan` over the anti-diagonals of its grid (`wavefront_scan`): every
 cell of anti-diagonal d = i + j depends only on cells of diagonal d - 1, so all of them
-are computed at once and the h x w grid takes h + w - 1 sequential steps, not h * w. The
-four directions are flipped copies of the grid run in the same scan, as a leading axis.
+are computed at once (`skew` makes a diagonal one column of an array), and the h x w
+grid takes h + w - 1 sequential steps, not h * w. The four directions are flipped copies
+of the grid run in the same scan, as a leading axis.
 """
 
 from __future__ import annotations
@@ -52,6 +53,27 @@ def _flip(x: Array, flips: tuple[bool, bool], row_axis: int) -> Array:
     return jnp.flip(x, axes) if axes else x
 
 
+def skew(z: Array) -> Array:
+    """``[..., h, w, C]`` -> ``[..., h, h + w - 1, C]``: row i shifted right by i, zero-filled.
+
+    Anti-diagonal d of the grid (cells (i, d - i)) becomes column d. Pads and reshapes only
+    (no gather, whose gradient would be a scatter): each row padded by h, the rows laid end
+    to end, the last h positions dropped, and the rest cut into rows of h + w - 1.
+    """
+    *lead, h, w, c = z.shape
+    pad = [(0, 0)] * len(lead)
+    flat = jnp.pad(z, [*pad, (0, 0), (0, h), (0, 0)]).reshape(*lead, h * (w + h), c)
+    return flat[..., : h * (w + h - 1), :].reshape(*lead, h, h + w - 1, c)
+
+
+def unskew(y: Array, w: int) -> Array:
+    """The inverse of `skew`: ``[..., h, h + w - 1, C]`` -> ``[..., h, w, C]``."""
+    *lead, h, d, c = y.shape
+    pad = [(0, 0)] * len(lead)
+    flat = jnp.pad(y.reshape(*lead, h * d, c), [*pad, (0, h), (0, 0)])
+    return flat.reshape(*lead, h, d + 1, c)[..., :w, :]
+
+
 def wavefront_scan(z: Array, recurrent: Array) -> Array:
     """2-D LSTM sweeps from the top-left corner, one anti-diagonal per scan step.
 
@@ -67,19 +89,16 @@ def wavefront_scan(z: Array, recurrent: Array) -> Array:
     """
     k, b, h, w, five_h = z.shape
     hidden = five_h // 5
-    steps = h + w - 1
     rows = jnp.arange(h)[:, None]
-    cols = jnp.arange(steps)[None, :] - rows  # [h, D]: column of row i on diagonal d
+    cols = jnp.arange(h + w - 1)[None, :] - rows  # [h, D]: column of row i on diagonal d
     valid = (cols >= 0) & (cols < w)
-    # Skew: diagonal d of row i is z[..., i, d - i] (clipped, masked out where invalid).
-    skewed = z[:, :, rows, jnp.clip(cols, 0, w - 1)]  # [K, B, h, D, 5H]
-    xs = (jnp.moveaxis(skewed, 3, 0), valid.T)
+    xs = (jnp.moveaxis(skew(z), 3, 0), valid.T)  # diagonal d: [K, B, h, 5H], [h]
 
     def step(carry, inputs):
         h_prev, c_prev = carry  # diagonal d - 1 by row: cell (i, d - 1 - i)
         x_d, valid_d = inputs
         # Row predecessor (i - 1, j) is row i - 1 of the last diagonal; column predecessor
-        # (i, j - 1) is row i of it. Invalid cells hold zeros, so the edges read zeros.
+        # (i, j - 1) is row i of it. Cells off the grid hold zeros, so edges read zeros.
         h_row = jnp.pad(h_prev[:, :, :-1], ((0, 0), (0, 0), (1, 0), (0, 0)))
         c_row = jnp.pad(c_prev[:, :, :-1], ((0, 0), (0, 0), (1, 0), (0, 0)))
         both = jnp.concatenate([h_row, h_prev], axis=-1).astype(recurrent.dtype)
@@ -100,9 +119,7 @@ def wavefront_scan(z: Array, recurrent: Array) -> Array:
 
     zeros = jnp.zeros((k, b, h, hidden), jnp.float32)
     _, ys = jax.lax.scan(step, (zeros, zeros), xs)  # [D, K, B, h, H]
-    ys = jnp.moveaxis(ys, 0, 3)  # [K, B, h, D, H]
-    # Unskew: cell (i, j) is diagonal i + j of row i.
-    return ys[:, :, rows, rows + jnp.arange(w)[None, :]]
+    return unskew(jnp.moveaxis(ys, 0, 3), w)
 
 
 class LSTM2DLayer(nn.Module):

@@ -9,7 +9,7 @@ from configs import default
 from segjax import config_check
 from segjax.models import build_model
 from segjax.models.__main__ import abstract_variables, param_count
-from segjax.models.lstm2d import LSTM2DLayer
+from segjax.models.lstm2d import LSTM2DLayer, skew, unskew
 from segjax.tasks import semantic
 
 
@@ -68,6 +68,17 @@ def test_wavefront_scan_equals_the_double_loop_in_all_four_directions():
     )
     assert out.shape == (2, 4, 5, 3)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_skew_puts_each_anti_diagonal_in_one_column():
+    z = np.random.default_rng(2).normal(size=(2, 4, 6, 3)).astype(np.float32)
+    skewed = np.asarray(skew(jnp.asarray(z)))
+    assert skewed.shape == (2, 4, 9, 3)
+    for i in range(4):
+        for d in range(9):
+            expected = z[:, i, d - i] if 0 <= d - i < 6 else 0.0
+            np.testing.assert_array_equal(skewed[:, i, d], expected)
+    np.testing.assert_array_equal(unskew(jnp.asarray(skewed), 6), z)
 
 
 def test_one_scan_of_h_plus_w_minus_1_steps_compiled_once():
