@@ -38,7 +38,8 @@ import ml_collections
 __all__ = ["ConfigError", "check_config", "config_problems"]
 
 DTYPES = ("float32", "bfloat16")
-OUTPUT_STRIDES = (None, 1, 2, 4, 8, 16, 32)
+# 12: lstm2d (Byeon et al.): 3x3 input blocks, merged twice by 2x2.
+OUTPUT_STRIDES = (None, 1, 2, 4, 8, 12, 16, 32)
 _ABSENT = object()
 
 

@@ -40,7 +40,7 @@ BAD_VALUES = [
     ("input.worker_count", -1, "integer >= 0"),
     ("input.prefetch", 0, "integer >= 1"),
     ("model.name", "deeplabv4", "one of ["),
-    ("model.output_stride", 12, "None (the model's default) or one of [1, 2, 4, 8, 16, 32]"),
+    ("model.output_stride", 6, "None (the model's default) or one of [1, 2, 4, 8, 12, 16, 32]"),
     ("model.aux_head", "no", "True or False"),
     ("model.dtype", "float64", "one of ['bfloat16', 'float32']"),
     ("model.pretrained", None, "a string"),

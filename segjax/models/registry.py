@@ -50,6 +50,7 @@ FAMILIES: tuple[str, ...] = (
     "segjax.models.hrnet",
     "segjax.models.linknet",
     "segjax.models.lraspp",
+    "segjax.models.lstm2d",
     "segjax.models.mmseg_layouts",
     "segjax.models.ocrnet",
     "segjax.models.panoptic_deeplab",

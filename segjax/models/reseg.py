@@ -49,6 +49,20 @@ class VGGStages(nn.Module):
         return features
 
 
+def to_patches(x: Array, patch: tuple[int, int]) -> Array:
+    """[B, H, W, C] -> [B, ceil(H / ph), ceil(W / pw), ph * pw * C]: flattened patches.
+
+    The input is zero-padded at the bottom and right to whole patches; a patch's vector is
+    its pixels in row-major order, channels innermost.
+    """
+    ph, pw = patch
+    b, h, w, c = x.shape
+    hp, wp = -(-h // ph), -(-w // pw)
+    x = jnp.pad(x, ((0, 0), (0, hp * ph - h), (0, wp * pw - w), (0, 0)))
+    x = x.reshape(b, hp, ph, wp, pw, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, hp, wp, ph * pw * c)
+
+
 def _cell(kind: str, hidden: int, dtype, name: str) -> nn.Module:
     if kind == "gru":
         return nn.GRUCell(hidden, dtype=dtype, param_dtype=jnp.float32, name=name)
@@ -86,12 +100,7 @@ class ReNetLayer(nn.Module):
         """[B, H, W, C] -> [B, ceil(H / ph), ceil(W / pw), 2 * hidden]."""
         if self.cell not in CELLS:
             raise ValueError(f"ReNet cell {self.cell!r}; expected one of {CELLS}")
-        ph, pw = self.patch
-        b, h, w, c = x.shape
-        hp, wp = -(-h // ph), -(-w // pw)
-        x = jnp.pad(x, ((0, 0), (0, hp * ph - h), (0, wp * pw - w), (0, 0)))
-        x = x.reshape(b, hp, ph, wp, pw, c).transpose(0, 1, 3, 2, 4, 5)
-        x = x.reshape(b, hp, wp, ph * pw * c)
+        x = to_patches(x, self.patch)
         x = self._sweep(x, "rows")
         x = self._sweep(x.transpose(0, 2, 1, 3), "cols").transpose(0, 2, 1, 3)
         return x

@@ -61,6 +61,7 @@ TINY = [
     "refinenet_tiny",
     "reseg_tiny",  # VGG stages + ReNet (bidirectional GRU sweeps over rows, then columns)
     "fcn_crfrnn_tiny",  # fcn8s_tiny + mean-field CRF iterations (exact dense kernel at 33x47)
+    "lstm2d_tiny",  # 2-D LSTM: 4x4 blocks, four-direction wavefront sweeps, 2x2 merges
 ]
 REQUIRED = {
     "deeplabv3plus_resnet50",
@@ -102,7 +103,7 @@ def _pixel_outputs(out: dict) -> list:
 # and the float32 abstract check of every model.
 _LATER_FAMILIES = ("attention", "bisenet", "context", "enet", "hrnet", "lraspp", "ocrnet")
 _LATER_FAMILIES += ("panoptic_deeplab",)  # its own tests: tests/tasks/test_panoptic.py
-_LATER_FAMILIES += ("crfrnn", "reseg")
+_LATER_FAMILIES += ("crfrnn", "reseg", "lstm2d")
 LATER = {
     name
     for family in _LATER_FAMILIES
