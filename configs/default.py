@@ -19,15 +19,7 @@ from configs import common
 def get_config(arg: str | None = None):
     args = common.parse_arg(arg, tiny=False, steps=0)
     c = common.base_config()
-    c.dataset.config = "small"
-    c.input.batch_size = 32
-    c.input.eval_batch_size = 64
-    c.input.crop_size = (64, 64)
-    c.input.eval_pad_size = (64, 64)
-    c.train.steps = 2000
-    c.train.log_every = 100
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
+    common.shapes_64(c)  # the 64x64 `small` dataset, batch 32, 2,000 steps
 
     if args.tiny:
         common.smoke_run(c)

@@ -269,6 +269,8 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "adversarial.semi_weight": _number(0),
         "adversarial.semi_threshold": _number(0, 1, hi_open=True),
         "adversarial.semi_start_step": _int(0),
+        "adversarial.noise_dim": _int(1),
+        "adversarial.generated_batch_size": _int(0),
         # config.volume (segjax/tasks/volume.py), when the task has it.
         "volume.in_channels": _int(1),
         "volume.crop_size": _sequence(3, _int(1), "(depth, height, width)"),
@@ -560,7 +562,23 @@ def _adversarial_problems(v: dict[str, Any], num_devices: int) -> list[str]:
             f"with config.adversarial.discriminator={disc!r}; the semi-supervised term "
             "needs the per-pixel confidence of 'fcn'"
         )
+    gb = v.get("adversarial.generated_batch_size", 0)
+    if gb and disc != "souly":
+        out.append(
+            f"config.adversarial.generated_batch_size={gb}: expected 0 unless "
+            "config.adversarial.discriminator='souly' (only it has a generator)"
+        )
+    if gb % num_devices:
+        out.append(
+            f"config.adversarial.generated_batch_size={gb}: expected a multiple of the "
+            f"number of devices ({num_devices}), so that the batch splits evenly over them"
+        )
     crop = v.get("input.crop_size", (32, 32))
+    if disc == "souly" and any(int(x) % 8 for x in crop):
+        out.append(
+            f"config.input.crop_size={_show(crop)}: expected multiples of 8 with "
+            "config.adversarial.discriminator='souly' (its generator upsamples 8 times)"
+        )
     if v.get("adversarial.discriminator") == "fcn" and min(crop) < 32:
         out.append(
             f"config.input.crop_size={_show(crop)}: expected at least "

@@ -96,7 +96,7 @@ BAD_VALUES = [
     (
         "adversarial.discriminator",
         "patchgan",
-        "one of ['basic', 'fcn', 'labels', 'product', 'segan']",
+        "one of ['basic', 'fcn', 'labels', 'product', 'segan', 'souly']",
     ),
     ("adversarial.features", 0, "integer >= 1"),
     ("adversarial.input_stride", 0, "integer in [1, 32]"),
@@ -115,6 +115,8 @@ BAD_VALUES = [
     ("adversarial.semi_weight", "0.1", "a finite number >= 0"),
     ("adversarial.semi_threshold", 1.0, ">= 0 and < 1"),
     ("adversarial.semi_start_step", 0.5, "integer >= 0"),
+    ("adversarial.noise_dim", 0, "integer >= 1"),
+    ("adversarial.generated_batch_size", -8, "integer >= 0"),
     ("panoptic.center_sigma", 0.0, "> 0"),
     ("panoptic.small_instance_area", -1, "integer >= 0"),
     ("panoptic.small_instance_weight", -1.0, ">= 0"),
@@ -217,6 +219,7 @@ def _config_files():
     args["voc"] = [None, "aug"]
     args["adversarial_shapes"] = [None, "tiny", "baseline", "disc=fcn"]
     args["adversarial_semi_shapes"] = [None, "tiny", "baseline"]
+    args["adversarial_souly_shapes"] = [None, "tiny", "baseline"]
     args["volume_shapes"] = [None, "tiny", "model=vnet"]
     args["levelset_shapes"] = [None, "tiny", "baseline"]
     args["deeplabv1_voc"] = args["deeplabv2_voc"] = [None, "aug"]
@@ -274,6 +277,26 @@ def test_json_lists_and_absent_keys_are_fine():
             "unlabelled_batch_size=12: expected a multiple of the number of devices (8)",
         ),
         ({"task": "distill"}, "expected config.distill.teacher_workdir"),
+        (
+            {"task": "adversarial", "adversarial.generated_batch_size": 8},
+            "expected 0 unless config.adversarial.discriminator='souly'",
+        ),
+        (
+            {
+                "task": "adversarial",
+                "adversarial.discriminator": "souly",
+                "adversarial.generated_batch_size": 12,
+            },
+            "generated_batch_size=12: expected a multiple of the number of devices (8)",
+        ),
+        (
+            {
+                "task": "adversarial",
+                "adversarial.discriminator": "souly",
+                "input.crop_size": (60, 64),
+            },
+            "expected multiples of 8 with config.adversarial.discriminator='souly'",
+        ),
         (
             {
                 "task": "adversarial",

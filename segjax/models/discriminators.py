@@ -195,3 +195,50 @@ class SeganCritic(nn.Module):
 def multiscale_l1(real: list[Array], fake: list[Array]) -> Array:
     """SegAN's loss: the mean over levels of the mean absolute difference of features."""
     return sum(jnp.mean(jnp.abs(r - f)) for r, f in zip(real, fake, strict=True)) / len(real)
+
+
+class ImageGenerator(nn.Module):
+    """A small DCGAN-style generator for Souly et al.'s GAN classifier: noise -> images.
+
+    `z` [B, noise_dim] -> dense to [B, H/8, W/8, 4w] -> three 4x4 transposed
+    convolutions of stride 2 (widths `2w, w, 3`, ReLU between them) -> tanh, read as
+    pixels `(tanh + 1) * 127.5` in 0-255 units and normalised with `mean` / `std` (the
+    input pipeline's), so that generated images live where the real ones do. No
+    normalisation layers (a generated batch is never mixed with a real one, and the
+    state keeps BatchNorm statistics for the segmentor only).
+
+    Attributes:
+        size: (H, W) of the images, multiples of 8.
+        features: `w`.
+        mean, std: per-channel pixel statistics (0-255 units) of the input pipeline.
+        dtype: compute dtype; parameters float32, images float32.
+    """
+
+    size: tuple[int, int]
+    features: int = 64
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        """`z` [B, noise_dim] -> normalised images float32 [B, H, W, 3]."""
+        h, w = self.size
+        if h % 8 or w % 8:
+            raise ValueError(f"ImageGenerator: size {self.size} must be multiples of 8")
+        f = self.features
+        x = nn.Dense((h // 8) * (w // 8) * 4 * f, dtype=self.dtype, name="project")(z)
+        x = nn.relu(x.reshape(z.shape[0], h // 8, w // 8, 4 * f))
+        for i, features in enumerate((2 * f, f, 3)):
+            x = nn.ConvTranspose(
+                features,
+                (4, 4),
+                strides=(2, 2),
+                padding="SAME",
+                dtype=self.dtype,
+                name=f"up{i + 1}",
+            )(x)
+            if features != 3:
+                x = nn.relu(x)
+        pixels = (jnp.tanh(x.astype(jnp.float32)) + 1.0) * 127.5
+        return (pixels - jnp.asarray(self.mean)) / jnp.asarray(self.std)

@@ -38,6 +38,22 @@ Adversarial Networks", 2016; Hung et al.'s per-pixel discriminator, 2018):
   and `config_block`; the unlabelled images add `unlabelled_adv_weight * bce(D_sg(p_u),
   1)` and `semi_weight *` cross-entropy against the segmentor's argmax where
   `sigmoid(D) > semi_threshold` (from `semi_start_step` on) to `L_S`.
+- `"souly"` (Souly et al., "Semi and Weakly Supervised Semantic Segmentation Using
+  Generative Adversarial Networks", ICCV 2017): the segmentor is the discriminator, with
+  K + 1 outputs (the K classes and "fake"), and the second network is an image
+  generator `G` (`ImageGenerator`, noise `z` drawn in the step); `params = {"segmentor",
+  "generator"}`. With `l` the segmentor's K + 1 logits at a pixel, `-log(1 - p_fake) =
+  lse(l) - lse(l[:K])` and `-log p_fake = lse(l) - l[K]`:
+
+      segmentor: L_S = config.loss(l[:K], label)
+                       + adv_weight * (mean_real -log(1 - p_fake) + mean_G -log p_fake(sg(G(z))))
+      generator: L_G = mean_G -log(1 - p_fake(G(z))) under the segmentor's sg (non-saturating)
+
+  the real pixels being those of the unlabelled images (`unlabelled_batch_size > 0`) or
+  else of the labelled ones; `generated_batch_size` images a step. The segmentor's
+  BatchNorm statistics of generated images are not kept. Its "fake" channel is dropped
+  for evaluation and prediction, so `adv_weight = 0` trains it exactly as the semantic
+  task's loss on its first K logits.
 - batch, evaluation, report, pictures, `eval.py --images`: the semantic task's, applied
   to the segmentor (`AdversarialPair.__call__`); checkpoints hold both networks.
 """
@@ -58,6 +74,7 @@ from segjax.data import pipeline, unlabelled
 from segjax.models.discriminators import (
     LABEL_MAP_VARIANTS,
     ConfidenceDiscriminator,
+    ImageGenerator,
     LabelMapDiscriminator,
     SeganCritic,
     multiscale_l1,
@@ -66,7 +83,7 @@ from segjax.tasks import base, semantic
 
 Array = jax.Array
 
-DISCRIMINATORS = (*LABEL_MAP_VARIANTS, "fcn", "segan")
+DISCRIMINATORS = (*LABEL_MAP_VARIANTS, "fcn", "segan", "souly")
 GT_ENCODINGS = ("onehot", "scaling")
 NETWORKS = ("segmentor", "discriminator")
 
@@ -109,7 +126,21 @@ def config_block() -> ml_collections.ConfigDict:
     c.semi_weight = 0.1
     c.semi_threshold = 0.2
     c.semi_start_step = 0
+    # "souly": the generator's noise size, and the images it generates each step (global;
+    # 0: none, so only the real pixels' "not fake" term is added).
+    c.noise_dim = 64
+    c.generated_batch_size = 0
     return c
+
+
+def is_souly(config: ml_collections.ConfigDict) -> bool:
+    """Whether `config` trains Souly et al.'s GAN classifier (a generator, K + 1 outputs)."""
+    return config.adversarial.discriminator == "souly"
+
+
+def second_network(config: ml_collections.ConfigDict) -> str:
+    """The name of the segmentor's partner in the state: "discriminator" or "generator"."""
+    return "generator" if is_souly(config) else "discriminator"
 
 
 class AdversarialPair(nn.Module):
@@ -121,15 +152,32 @@ class AdversarialPair(nn.Module):
 
     Attributes:
         segmentor: `__call__(image, *, train) -> {"logits": [B, H, W, K], ...}`.
-        discriminator: `__call__(label_map [B, H, W, K], image [B, H, W, 3]) -> logits`.
+        discriminator: `__call__(label_map [B, H, W, K], image [B, H, W, 3]) -> logits`
+            (for `"souly"`: the generator, `__call__(z) -> images`).
+        num_classes: 0, or K when the segmentor has K + 1 outputs (`"souly"`): its last,
+            "fake", channel is dropped from what the pair returns.
     """
 
     segmentor: nn.Module
     discriminator: nn.Module
+    num_classes: int = 0
 
     def __call__(self, image: Array, *, train: bool) -> dict[str, Array]:
         """The segmentor's outputs for `image` [B, H, W, 3]."""
-        return self.segmentor(image, train=train)
+        outputs = self.segmentor(image, train=train)
+        return drop_fake_class(outputs, self.num_classes) if self.num_classes else outputs
+
+
+def drop_fake_class(outputs: dict, num_classes: int) -> dict:
+    """`outputs` with every class axis (`logits`, `aux_logits`, `se_logits`,
+    `deep_supervision`) cut to its first `num_classes` entries."""
+    out = dict(outputs)
+    for key in ("logits", "aux_logits", "se_logits"):
+        if out.get(key) is not None:
+            out[key] = out[key][..., :num_classes]
+    if out.get("deep_supervision"):
+        out["deep_supervision"] = [x[..., :num_classes] for x in out["deep_supervision"]]
+    return out
 
 
 def build_discriminator(config: ml_collections.ConfigDict) -> nn.Module:
@@ -140,6 +188,14 @@ def build_discriminator(config: ml_collections.ConfigDict) -> nn.Module:
         return ConfidenceDiscriminator(features=ac.features, dtype=dtype)
     if ac.discriminator == "segan":
         return SeganCritic(features=ac.features, dtype=dtype)
+    if ac.discriminator == "souly":
+        return ImageGenerator(
+            size=tuple(config.input.crop_size),
+            features=ac.features,
+            mean=tuple(config.input.mean),
+            std=tuple(config.input.std),
+            dtype=dtype,
+        )
     if ac.discriminator in LABEL_MAP_VARIANTS:
         return LabelMapDiscriminator(
             variant=ac.discriminator,
@@ -311,6 +367,98 @@ def make_loss(
     return loss
 
 
+def souly_noise(rng: Array, config: ml_collections.ConfigDict) -> Array:
+    """The generator's input of a step: float32 [generated_batch_size, noise_dim] ~ N(0, 1)."""
+    ac = config.adversarial
+    return jax.random.normal(rng, (ac.generated_batch_size, ac.noise_dim), jnp.float32)
+
+
+def fake_class_nll(logits: Array) -> tuple[Array, Array]:
+    """(-log(1 - p_fake), -log p_fake) per pixel [B, H, W] of K + 1 logits [B, H, W, K+1]."""
+    logits = logits.astype(jnp.float32)
+    lse_all = jax.nn.logsumexp(logits, axis=-1)
+    return lse_all - jax.nn.logsumexp(logits[..., :-1], axis=-1), lse_all - logits[..., -1]
+
+
+def make_souly_loss(segmentor: nn.Module, generator: nn.Module, loss_fn, config):
+    """The `Task.loss` of Souly et al.'s GAN classifier (see the module docstring).
+
+    Terms: the segmentation terms on the first K logits (`main`, `aux`, ...), `real`
+    (mean -log(1 - p_fake) over the real pixels), `fake` (mean -log p_fake over the
+    generated pixels), `adversarial` (= real + fake, weighted by `adv_weight` in L_S),
+    `generator` (L_G) and `disc_accuracy` (share of real and generated pixels whose
+    p_fake is on the right side of 1/2).
+    """
+    ac = config.adversarial
+    k = config.dataset.num_classes
+    ignore_index = config.dataset.ignore_index
+    aux_weight, se_weight = config.loss.aux_weight, config.loss.se_weight
+    with_unlabelled = uses_unlabelled(config)
+    zero = jnp.zeros((), jnp.float32)
+
+    def loss(params, batch_stats, batch, rng):
+        image, label = batch["image"], batch["label"]
+        seg_params = params["segmentor"]
+        outputs, seg_stats = base.train_apply(
+            segmentor, seg_params, batch_stats["segmentor"], image, rng
+        )
+        seg_total, terms = losses.segmentation_loss(
+            drop_fake_class(outputs, k), label, loss_fn, aux_weight=aux_weight, se_weight=se_weight
+        )
+        real_logits = outputs["logits"]
+        real_mask = (label != ignore_index) & (label >= 0) & (label < k)
+        if with_unlabelled:
+            unlabelled_outputs, seg_stats = base.train_apply(
+                segmentor,
+                seg_params,
+                seg_stats,
+                batch["unlabelled_image"],
+                jax.random.fold_in(rng, 1),
+            )
+            real_logits, real_mask = unlabelled_outputs["logits"], batch["unlabelled_valid"]
+        real_nll, real_as_fake = fake_class_nll(real_logits)
+        real = _masked_mean(real_nll, real_mask)
+        correct = jnp.sum(jnp.where(real_mask, real_as_fake > real_nll, 0.0))
+        count = jnp.sum(real_mask).astype(jnp.float32)
+        fake, gen_loss = zero, zero
+        if ac.generated_batch_size:
+            generated = generator.apply(
+                {"params": params["generator"]}, souly_noise(jax.random.fold_in(rng, 2), config)
+            )
+            # The segmentor's BatchNorm statistics of generated images are not kept.
+            d_rng = jax.random.fold_in(rng, 3)
+            fake_outputs, _ = base.train_apply(
+                segmentor, seg_params, seg_stats, jax.lax.stop_gradient(generated), d_rng
+            )
+            fake_not_fake, fake_nll = fake_class_nll(fake_outputs["logits"])
+            fake = jnp.mean(fake_nll)
+            frozen = jax.lax.stop_gradient(seg_params)
+            fooled, _ = base.train_apply(segmentor, frozen, seg_stats, generated, d_rng)
+            gen_loss = jnp.mean(fake_class_nll(fooled["logits"])[0])
+            correct = correct + jnp.sum(fake_nll < fake_not_fake)
+            count = count + fake_nll.size
+        adversarial = real + fake
+        total = seg_total + ac.adv_weight * adversarial + gen_loss
+        terms = {
+            **{key: v for key, v in terms.items() if key != "total"},
+            "real": real,
+            "fake": fake,
+            "adversarial": adversarial,
+            "generator": gen_loss,
+            "disc_accuracy": correct / jnp.maximum(count, 1.0),
+            "total": total,
+        }
+        return total, ({**batch_stats, "segmentor": seg_stats}, terms)
+
+    return loss
+
+
+def _masked_mean(values: Array, mask: Array) -> Array:
+    # The mean of `values` [B, H, W] over `mask`; 0 when the mask is empty.
+    total = jnp.sum(jnp.where(mask, values, 0.0))
+    return total / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
+
+
 def uses_unlabelled(config: ml_collections.ConfigDict) -> bool:
     """Whether the steps of `config` see unlabelled images (Hung et al.'s training)."""
     return config.adversarial.get("unlabelled_batch_size", 0) > 0
@@ -391,29 +539,51 @@ def make_optimizer(
     if config.adversarial.discriminator == "segan" and clip > 0:
         disc_tx = optax.chain(disc_tx, clip_params(clip))
     return optax.multi_transform(
-        {"segmentor": seg_tx, "discriminator": disc_tx}, network_labels
+        {"segmentor": seg_tx, second_network(config): disc_tx}, network_labels
     ), schedule
 
 
 def init_variables(
-    segmentor: nn.Module, discriminator: nn.Module, rng: Array, image_shape: tuple[int, ...], k
+    segmentor: nn.Module,
+    discriminator: nn.Module,
+    rng: Array,
+    image_shape: tuple[int, ...],
+    k,
+    *,
+    noise_dim: int = 0,
 ) -> base.Variables:
     """Fresh variables of both networks. The segmentor's are those the semantic task
-    draws from the same key; the discriminator's come from `fold_in(rng, 1)`."""
+    draws from the same key; the discriminator's come from `fold_in(rng, 1)`. With
+    `noise_dim > 0` the second network is Souly et al.'s generator (`"generator"`)."""
     seg = semantic.init_variables(segmentor, rng, image_shape)
-    maps = jnp.zeros((*image_shape[:3], k), jnp.float32)
-    disc = discriminator.init(jax.random.fold_in(rng, 1), maps, jnp.zeros(image_shape))
+    if noise_dim:
+        z = jnp.zeros((1, noise_dim), jnp.float32)
+        second = {"generator": discriminator.init(jax.random.fold_in(rng, 1), z)["params"]}
+    else:
+        maps = jnp.zeros((*image_shape[:3], k), jnp.float32)
+        disc = discriminator.init(jax.random.fold_in(rng, 1), maps, jnp.zeros(image_shape))
+        second = {"discriminator": disc["params"]}
     return {
-        "params": {"segmentor": seg["params"], "discriminator": disc["params"]},
+        "params": {"segmentor": seg["params"], **second},
         "batch_stats": {"segmentor": seg.get("batch_stats", {})},
     }
 
 
 def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
     """The adversarial task of `config` (evaluation sharded over `mesh`)."""
-    segmentor = semantic.build_model(config)
+    souly = is_souly(config)
+    num_classes = config.dataset.num_classes
+    if souly:  # the segmentor is the discriminator too: K classes + "fake"
+        with_fake = config.copy_and_resolve_references()
+        with with_fake.unlocked():
+            with_fake.dataset.num_classes = num_classes + 1
+        segmentor = semantic.build_model(with_fake)
+    else:
+        segmentor = semantic.build_model(config)
     discriminator = build_discriminator(config)
-    pair = AdversarialPair(segmentor=segmentor, discriminator=discriminator)
+    pair = AdversarialPair(
+        segmentor=segmentor, discriminator=discriminator, num_classes=num_classes if souly else 0
+    )
     plain = semantic.build(config, mesh, model=pair)
     tx, schedule = make_optimizer(config)
     loss_fn = losses.build_loss(
@@ -421,7 +591,6 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         ignore_index=config.dataset.ignore_index,
         options=losses.loss_options(config),
     )
-    num_classes = config.dataset.num_classes
     describe = plain.describe
     h, w = config.input.crop_size
     ub = config.adversarial.unlabelled_batch_size if uses_unlabelled(config) else 0
@@ -452,9 +621,14 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         tx=tx,
         schedule=schedule,
         init_variables=lambda rng, batch: init_variables(
-            segmentor, discriminator, rng, batch["image"].shape, num_classes
+            segmentor,
+            discriminator,
+            rng,
+            batch["image"].shape,
+            num_classes,
+            noise_dim=config.adversarial.noise_dim if souly else 0,
         ),
-        loss=make_loss(segmentor, discriminator, loss_fn, config),
+        loss=(make_souly_loss if souly else make_loss)(segmentor, discriminator, loss_fn, config),
         batch_spec=batch_spec,
         example_batch=example_batch,
         train_batches=lambda source, per_process_batch, seed: train_batches(

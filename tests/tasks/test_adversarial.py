@@ -315,3 +315,132 @@ def test_semi_supervised_run_resumes_exactly(shapes_data_dir, tmp_path):
         logged = [json.loads(line) for line in f]
     semi = [m["loss/semi"] for m in logged if "loss/semi" in m]
     assert semi and all(np.isfinite(semi))
+
+
+def _souly_config(shapes_data_dir, arg="tiny", **adversarial_keys):
+    from configs import adversarial_souly_shapes
+
+    config = adversarial_souly_shapes.get_config(arg)
+    with config.unlocked():
+        config.dataset.data_dir = shapes_data_dir
+        for key, value in adversarial_keys.items():
+            config.adversarial[key] = value
+    return config
+
+
+def _small_souly(shapes_data_dir, adv_weight):
+    # (config, task, fresh state, batch, rng): a per-pixel MLP segmentor on 32x32 crops,
+    # 4 labelled + 4 unlabelled + 4 generated images, a 4-wide generator.
+    config = _souly_config(shapes_data_dir, adv_weight=adv_weight, features=4, noise_dim=8)
+    with config.unlocked():
+        config.model.name = "pixel_mlp"
+        config.input.crop_size = (32, 32)
+        config.input.batch_size = 4
+        config.adversarial.unlabelled_batch_size = 4
+        config.adversarial.generated_batch_size = 4
+    task = tasks.build_task(config)
+    state = jax.jit(lambda key: tasks.base.init_train_state(task, key))(jax.random.key(0))
+    batch = task.example_batch(4, 0)
+    batch["label"][:, :3] = IGNORE
+    batch["unlabelled_valid"][0, :10] = False
+    batch = {key: jnp.asarray(v) for key, v in batch.items()}
+    return config, task, state, batch, jax.random.key(1)
+
+
+@pytest.mark.slow  # compiles; `pytest -m slow`
+def test_souly_terms_equal_their_definition_and_each_network_gets_its_own(shapes_data_dir):
+    config, task, state, batch, rng = _small_souly(shapes_data_dir, 0.5)
+    k = config.dataset.num_classes
+    assert set(state.params) == {"segmentor", "generator"}
+    _, (_, terms) = jax.jit(task.loss)(state.params, state.batch_stats, batch, rng)
+
+    pair = task.model
+
+    @jax.jit
+    def forward(params, batch_stats):
+        def seg(images):
+            outputs, _ = tasks.base.train_apply(
+                pair.segmentor, params["segmentor"], batch_stats["segmentor"], images, rng
+            )
+            return outputs["logits"]
+
+        z = adversarial.souly_noise(jax.random.fold_in(rng, 2), config)
+        generated = pair.discriminator.apply({"params": params["generator"]}, z)
+        return seg(batch["unlabelled_image"]), seg(generated), generated
+
+    real_logits, fake_logits, generated = (
+        np.asarray(x, np.float64) for x in forward(state.params, state.batch_stats)
+    )
+    assert real_logits.shape[-1] == k + 1 and generated.shape == (4, 32, 32, 3)
+    valid = np.asarray(batch["unlabelled_valid"])
+    real, n_real, fake, gen, n_fake, correct = 0.0, 0, 0.0, 0.0, 0, 0
+    for idx in np.ndindex(valid.shape):
+        p = np.exp(real_logits[idx] - real_logits[idx].max())
+        p_fake = p[k] / p.sum()
+        if valid[idx]:
+            real += -np.log(1 - p_fake)
+            n_real += 1
+            correct += p_fake < 0.5
+        p = np.exp(fake_logits[idx] - fake_logits[idx].max())
+        p_fake = p[k] / p.sum()
+        fake += -np.log(p_fake)
+        gen += -np.log(1 - p_fake)
+        n_fake += 1
+        correct += p_fake > 0.5
+    np.testing.assert_allclose(terms["real"], real / n_real, rtol=1e-4)
+    np.testing.assert_allclose(terms["fake"], fake / n_fake, rtol=1e-4)
+    np.testing.assert_allclose(terms["generator"], gen / n_fake, rtol=1e-4)
+    np.testing.assert_allclose(terms["disc_accuracy"], correct / (n_real + n_fake), rtol=1e-6)
+    # Evaluation sees the K classes only.
+    logits = pair.apply(tasks.base.variables(state), batch["image"], train=False)["logits"]
+    assert logits.shape == (4, 32, 32, k)
+
+    def both_losses(params):  # [L_S, L_G]; total = L_S + L_G
+        _, (_, terms) = task.loss(params, state.batch_stats, batch, rng)
+        return jnp.stack([terms["total"] - terms["generator"], terms["generator"]])
+
+    jacobian = jax.jit(jax.jacrev(both_losses))(state.params)
+    grads_s = jax.tree.map(lambda j: j[0], jacobian)
+    grads_g = jax.tree.map(lambda j: j[1], jacobian)
+    zero = lambda tree: all(not np.any(np.asarray(x)) for x in jax.tree.leaves(tree))
+    assert zero(grads_s["generator"]) and zero(grads_g["segmentor"])
+    assert not zero(grads_s["segmentor"]) and not zero(grads_g["generator"])
+
+
+@pytest.mark.slow  # compiles; `pytest -m slow`
+def test_souly_with_zero_weight_is_cross_entropy_on_the_first_k_logits(shapes_data_dir):
+    # adv_weight = 0: the segmentor's gradient is that of the plain loss on its K class
+    # logits (its "fake" logit gets none), whatever the unlabelled and generated images.
+    config, task, state, batch, rng = _small_souly(shapes_data_dir, 0.0)
+    k = config.dataset.num_classes
+    segmentor = task.model.segmentor
+
+    def plain(seg_params):  # cross-entropy over the first K logits, mean over valid pixels
+        outputs, _ = tasks.base.train_apply(
+            segmentor, seg_params, state.batch_stats["segmentor"], batch["image"], rng
+        )
+        log_p = jax.nn.log_softmax(outputs["logits"][..., :k], axis=-1)
+        label = batch["label"]
+        valid = label != IGNORE
+        nll = -jnp.take_along_axis(log_p, jnp.where(valid, label, 0)[..., None], -1)[..., 0]
+        return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)
+
+    def task_loss(params):
+        return task.loss(params, state.batch_stats, batch, rng)[0]
+
+    got = jax.jit(jax.grad(task_loss))(state.params)
+    expected = jax.jit(jax.grad(plain))(state.params["segmentor"])
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    jax.tree.map(close, got["segmentor"], expected)
+    # The "fake" channel of the classifier gets no gradient.
+    last = [x for x in jax.tree.leaves(got["segmentor"]) if x.shape and x.shape[-1] == k + 1]
+    assert last and all(not np.any(np.asarray(x)[..., k]) for x in last)
+
+
+@pytest.mark.slow  # runs the training loop twice; `pytest -m slow`
+def test_souly_run_resumes_exactly(shapes_data_dir, tmp_path):
+    config = _souly_config(shapes_data_dir)
+    _, state = check_exact_resume(
+        config, str(tmp_path / "run"), sharding.make_mesh(jax.devices()[:2])
+    )
+    assert set(state.params) == {"segmentor", "generator"}
