@@ -33,11 +33,13 @@ from segjax.data.builders import (
     coco_panoptic,
     folder,
     msd,
+    nyudv2,
     pascal_context,
     pascal_voc,
     segjax_shapes,
     segjax_shapes_instances,
     segjax_shapes_panoptic,
+    sunrgbd,
     volume_shapes,
 )
 
@@ -128,6 +130,16 @@ DATASETS: dict[str, DatasetSpec] = {
         pascal_context,
         f"{pascal_context.ARCHIVES[0]} plus mmsegmentation's SegmentationClassContext "
         "labels and ImageSets/SegmentationContext lists",
+    ),
+    # RGB-D: records add "depth" (uint16 millimetres); config.input.depth feeds it in.
+    "nyudv2": _real(
+        nyudv2,
+        f"{nyudv2.MAT_FILE}, {nyudv2.SPLITS_FILE} and {nyudv2.MAPPING_FILE} (one folder)",
+    ),
+    "sunrgbd": _real(
+        sunrgbd,
+        "SUN RGB-D converted by ESANet's prepare_dataset.py: {train,test}_{rgb,depth,label}.txt "
+        "and the frames they list",
     ),
     "folder": _real(
         folder, "your folder with images/, masks/ and classes.txt (see README)", configs=()

@@ -370,6 +370,7 @@ class FromFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(None, None, 3)),
+                    **self.extra_features(),
                     "label": tfds.features.Image(
                         shape=(None, None, 1), dtype=np.uint8, encoding_format="png"
                     ),
@@ -383,8 +384,17 @@ class FromFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 class_names=list(names),
                 palette=[list(c) for c in self.palette()],
                 ignore_index=IGNORE_INDEX,
+                **self.extra_metadata(),
             ),
         )
+
+    def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
+        """Features a record has besides image, label and id (RGB-D: ``depth``)."""
+        return {}
+
+    def extra_metadata(self) -> dict:
+        """Metadata entries besides the class names, palette and ignore index."""
+        return {}
 
     def split_pairs(self, tree: FileTree) -> dict[str, list[Pair]]:
         """The (image, label) pairs of each split, in a fixed order."""
