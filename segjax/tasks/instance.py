@@ -57,7 +57,9 @@ def config_block() -> ml_collections.ConfigDict:
 
 
 # config.model keys that are not Mask R-CNN arguments (the loop's, or segmentors' only).
-NOT_BUILDER_KEYS = ("name", "dtype", "pretrained", "pretrained_scope", "output_stride", "aux_head")
+NOT_BUILDER_KEYS = (
+    "name", "dtype", "pretrained", "pretrained_scope", "output_stride", "aux_head", "in_channels"
+)  # fmt: skip
 
 
 def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
@@ -240,6 +242,7 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
     model = build_model(config)
     tx, schedule = optim.make_optimizer(config, config.train.steps)
     h, w = config.input.crop_size
+    c = base.in_channels(config)
     g = inst.max_instances
     num_classes = config.dataset.num_classes
     class_names = functools.cache(lambda: datasets.class_names(config.dataset))
@@ -248,7 +251,7 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         s = jax.ShapeDtypeStruct
         return {
-            "image": s((batch_size, h, w, 3), jnp.float32),
+            "image": s((batch_size, h, w, c), jnp.float32),
             "image_hw": s((batch_size, 2), jnp.int32),
             "boxes": s((batch_size, g, 4), jnp.float32),
             "classes": s((batch_size, g), jnp.int32),
@@ -268,7 +271,7 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
                 masks[b, i, y1:y2, x1:x2] = 1
         valid = np.arange(g)[None] < rng.integers(1, g + 1, (batch_size, 1))
         return {
-            "image": rng.standard_normal((batch_size, h, w, 3), dtype=np.float32),
+            "image": rng.standard_normal((batch_size, h, w, c), dtype=np.float32),
             "image_hw": np.full((batch_size, 2), [h, w], np.int32),
             "boxes": boxes * valid[..., None],
             "classes": np.where(valid, rng.integers(1, num_classes, (batch_size, g)), 0).astype(

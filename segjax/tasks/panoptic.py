@@ -189,7 +189,7 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         f32 = jnp.float32
         return {
-            "image": jax.ShapeDtypeStruct((batch_size, h, w, 3), f32),
+            "image": jax.ShapeDtypeStruct((batch_size, h, w, base.in_channels(config)), f32),
             "semantic": jax.ShapeDtypeStruct((batch_size, h, w), jnp.int32),
             "center": jax.ShapeDtypeStruct((batch_size, h, w), f32),
             "offset": jax.ShapeDtypeStruct((batch_size, h, w, 2), f32),
@@ -202,7 +202,7 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         rng = np.random.default_rng(seed)
         shape = (batch_size, h, w)
         return {
-            "image": rng.standard_normal((*shape, 3), dtype=np.float32),
+            "image": rng.standard_normal((*shape, base.in_channels(config)), dtype=np.float32),
             "semantic": rng.integers(0, num_classes, shape, dtype=np.int32),
             "center": rng.random(shape, dtype=np.float32),
             "offset": rng.normal(scale=5.0, size=(*shape, 2)).astype(np.float32),
