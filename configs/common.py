@@ -78,8 +78,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.flip = True
     # mmsegmentation's PhotoMetricDistortion (brightness, contrast, saturation, hue).
     c.input.photometric = False
+    # Per-band normalisation (image - mean) / std, one value per input band, in the stored
+    # units (0-255 for 8-bit images). norm_stats "auto": these for 8-bit images with one
+    # value per band (RGB: ImageNet's), else the per-band statistics stored with the
+    # prepared dataset (multi-band folders); "config": always these; "dataset": always
+    # the dataset's (segjax.data.bands).
     c.input.mean = IMAGENET_MEAN
     c.input.std = IMAGENET_STD
+    c.input.norm_stats = "auto"
     # Evaluation images are padded to this (height, width) so eval never recompiles.
     c.input.eval_pad_size = (128, 128)
     c.input.worker_count = 0  # grain worker processes; 0 = in the main process
@@ -90,6 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.output_stride = 16
     c.model.aux_head = False
     c.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
+    # Bands of the input images [B, H, W, C] of a 2-D model; 0 = the dataset's (3 for RGB
+    # datasets, a multi-band folder's own count). A pretrained first convolution is
+    # adapted to it (segjax.weights.pretrained.adapt_input_conv).
+    c.model.in_channels = 0
     # A file converted from PyTorch weights (`python -m segjax.weights convert`), applied to
     # the fresh parameters before the first step; "" = none. pretrained_scope "backbone":
     # the file's backbone (parameters and BatchNorm statistics), the rest initialised;

@@ -35,11 +35,14 @@ from typing import Any
 
 import ml_collections
 
-__all__ = ["ConfigError", "check_config", "config_problems"]
+__all__ = ["ConfigError", "check_config", "config_problems", "input_problems"]
 
 DTYPES = ("float32", "bfloat16")
 # 12: lstm2d (Byeon et al.): 3x3 input blocks, merged twice by 2x2.
 OUTPUT_STRIDES = (None, 1, 2, 4, 8, 12, 16, 32)
+# config.input.norm_stats: where the per-band normalisation comes from (see
+# `segjax.data.datasets.resolve_inputs`).
+NORM_STATS = ("auto", "config", "dataset")
 _ABSENT = object()
 
 
@@ -174,8 +177,9 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "input.cat_max_ratio": _number(0, 1, lo_open=True),
         "input.flip": _bool(),
         "input.photometric": _bool(),
-        "input.mean": _sequence(3, _number(), "(red, green, blue)"),
-        "input.std": _sequence(3, _number(0, lo_open=True), "(red, green, blue)"),
+        "input.mean": _sequence(None, _number(), "one value per input band"),
+        "input.std": _sequence(None, _number(0, lo_open=True), "one value per input band"),
+        "input.norm_stats": _choice(NORM_STATS),
         "input.eval_pad_size": _pair(hw, 1),
         "input.worker_count": _int(0),
         "input.prefetch": _int(1),
@@ -188,6 +192,10 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
             f"None (the model's default) or one of {list(OUTPUT_STRIDES[1:])}",
         ),
         "model.aux_head": _bool(),
+        "model.in_channels": (
+            lambda v: _is_int(v) and v >= 0,
+            "an integer >= 0 (0 = the dataset's number of image bands)",
+        ),
         "model.dtype": _choice(DTYPES),
         "model.pretrained": _string(),
         "model.pretrained_scope": _choice(SCOPES),
@@ -428,6 +436,7 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 f"config.dataset.num_classes={v['dataset.num_classes']}: dataset "
                 f"{v['dataset.name']!r} has {known} classes"
             )
+    out += _band_problems(v)
     if has("input.scale_range") and v["input.scale_range"][0] > v["input.scale_range"][1]:
         out.append(
             f"config.input.scale_range={_show(v['input.scale_range'])}: expected low <= high"
@@ -501,6 +510,85 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
         )
     if has("loss.name"):
         out += _loss_problems(v)
+    return out
+
+
+def _band_problems(v: dict[str, Any]) -> list[str]:
+    # Normalisation statistics, one per band; what only 8-bit RGB input can take.
+    out = []
+    mean, std = v.get("input.mean"), v.get("input.std")
+    if mean is not None and std is not None and len(mean) != len(std):
+        out.append(
+            f"config.input.std={_show(std)}: expected as many values as config.input.mean "
+            f"({len(mean)}), one per input band"
+        )
+    channels = v.get("model.in_channels", 0)
+    if channels and v.get("input.norm_stats") == "config" and mean and len(mean) != channels:
+        out.append(
+            f"config.input.mean={_show(mean)}: expected {channels} values (one per band of "
+            f"config.model.in_channels={channels}) with config.input.norm_stats='config'"
+        )
+    if channels not in (0, 3):
+        out += rgb_only_problems(v, f"config.model.in_channels={channels}")
+    return out
+
+
+def rgb_only_problems(v: dict[str, Any], because: str) -> list[str]:
+    """The options on that need 8-bit RGB images, when `because` says they are not.
+
+    `v`: flat `{"input.photometric": ..., ...}` values (a config's, see `input_problems`).
+    """
+    out = []
+    if v.get("input.photometric"):
+        out.append(
+            f"config.input.photometric=True: expected False with {because} (the photometric "
+            "distortion works on 8-bit RGB images)"
+        )
+    if v.get("eval.crf.enabled"):
+        out.append(
+            f"config.eval.crf.enabled=True: expected False with {because} (the dense CRF's "
+            "appearance kernel compares RGB colours in 0-255)"
+        )
+    return out
+
+
+def input_problems(config: ml_collections.ConfigDict, info: Any) -> list[str]:
+    """What `config` asks of its images that the dataset's (`info`, a
+    `segjax.data.bands.ImageInfo`) do not have: one line per key, naming the dataset."""
+    dc = config.dataset
+    where = f"dataset {dc.name!r} (config {dc.config!r})"
+    out = []
+    channels = int(config.model.get("in_channels", 0))
+    if channels and channels != info.channels:
+        out.append(
+            f"config.model.in_channels={channels}: {where} has {info.channels}-band images "
+            f"(set it to {info.channels}, or 0 to take the dataset's)"
+        )
+    from segjax.data import bands
+
+    given = config.input.get("norm_stats", "config")
+    mean = tuple(config.input.mean)
+    mode = bands.norm_stats_source(given, len(mean), info)
+    if mode == "dataset" and info.mean is None:
+        out.append(
+            f"config.input.norm_stats='dataset': {where} has no per-band statistics "
+            "(only datasets prepared with them, e.g. multi-band folders); use 'config'"
+        )
+    if mode == "config" and len(mean) != info.channels:
+        out.append(
+            f"config.input.mean={_show(mean)}: {where} has {info.channels}-band images "
+            f"and no per-band statistics; expected {info.channels} values"
+            if given == "auto"
+            else f"config.input.mean={_show(mean)}: {where} has {info.channels}-band images; "
+            f"expected {info.channels} values (or config.input.norm_stats='auto' for the "
+            "dataset's own statistics)"
+        )
+    if not info.is_rgb8:
+        flat = {
+            "input.photometric": config.input.get("photometric", False),
+            "eval.crf.enabled": config.get("eval", {}).get("crf", {}).get("enabled", False),
+        }
+        out += rgb_only_problems(flat, f"{where}'s {info.channels}-band {info.dtype} images")
     return out
 
 

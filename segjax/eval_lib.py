@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import jax
 import ml_collections
 import numpy as np
@@ -23,6 +22,7 @@ from PIL import Image, ImageOps
 
 from segjax import config_check, evaluation, inference, sharding, train_lib, visualize
 from segjax.checkpoint import Checkpointer
+from segjax.data import transforms
 from segjax.tasks import base
 
 
@@ -46,8 +46,14 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 
         config.eval = common.base_config().eval
     for key, value in train_lib.ADDED_KEYS.items():
-        if key not in config:
-            config[key] = value
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part, None)
+            if node is None:
+                break
+        if node is not None and leaf not in node:
+            node[leaf] = value
     config.lock()
     return config
 
@@ -189,10 +195,26 @@ def run_evaluation(
 # ----------------------------------------------------------------------------- files
 
 
-def read_image(path: str) -> np.ndarray:
-    """uint8 RGB [H, W, 3] of an image file, rotated as its EXIF orientation says."""
-    with Image.open(path) as img:
-        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+def read_image(path: str, channels: int = 3) -> np.ndarray:
+    """The pixels [H, W, C] of an image file for a model of `channels` input bands.
+
+    3 bands: uint8 RGB of any format Pillow reads, rotated as its EXIF orientation says.
+    Otherwise a (multi-band) TIFF, read with all its bands as stored
+    (`segjax.data.builders.folder.read_bands`); another band count is an error.
+    """
+    if channels == 3 and not path.lower().endswith((".tif", ".tiff")):
+        with Image.open(path) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    from segjax.data.builders import from_files
+
+    with open(path, "rb") as f:
+        image = from_files.read_bands(f.read(), path)
+    if channels == 3 and image.shape[-1] in (1, 3, 4) and image.dtype == np.uint8:
+        with Image.open(path) as img:  # an ordinary RGB(A)/grey TIFF
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    if image.shape[-1] != channels:
+        raise ValueError(f"{image.shape[-1]} bands; the model takes {channels}")
+    return image
 
 
 def expand_patterns(patterns: Sequence[str]) -> list[str]:
@@ -224,10 +246,10 @@ class UnreadableFilesError(RuntimeError):
         )
 
 
-def _try_read(path: str) -> tuple[np.ndarray | None, str]:
+def _try_read(path: str, channels: int) -> tuple[np.ndarray | None, str]:
     # (image, "") or (None, why): one bad file must not stop the others.
     try:
-        return read_image(path), ""
+        return read_image(path, channels), ""
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb...
         return None, f"{type(e).__name__}: {e}"
 
@@ -265,6 +287,8 @@ def predict_files(
     predictor = run.task.image_predictor
     if predictor is None:
         raise ValueError(f"task {run.task.name!r} cannot predict image files (--images)")
+    config = run.config  # the input bands resolved
+    channels = base.in_channels(config)
     canvas = tuple(int(s) for s in config.input.eval_pad_size)
     global_batch = int(config.input.eval_batch_size)
     local_batch = sharding.local_batch_size(global_batch, mesh)
@@ -291,14 +315,14 @@ def predict_files(
         mine = range(me * local_batch, min((me + 1) * local_batch, len(chunk)))
         # Process 0 writes every prediction, so it reads every image of the chunk.
         wanted = range(len(chunk)) if me == 0 else mine
-        read = {i: _try_read(chunk[i]) for i in wanted}
-        images = np.zeros((local_batch, *canvas, 3), np.float32)
+        read = {i: _try_read(chunk[i], channels) for i in wanted}
+        images = np.zeros((local_batch, *canvas, channels), np.float32)
         for j, i in enumerate(mine):
             image = read[i][0]
             if image is None:
                 continue
             rh, rw = inference.fit_size(*image.shape[:2], canvas)
-            resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+            resized = transforms.resize_image(image, rh, rw)
             images[j, :rh, :rw] = (resized.astype(np.float32) - mean) / std
         batch = jax.make_array_from_process_local_data(data, images)
         outputs = jax.tree.map(evaluation._to_host, predict(state, batch))

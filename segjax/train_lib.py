@@ -28,7 +28,7 @@ from absl import logging
 
 from segjax import config_check, evaluation, sharding, tasks, weights
 from segjax.checkpoint import Checkpointer
-from segjax.data import pipeline
+from segjax.data import datasets, pipeline
 from segjax.files import atomic_write
 from segjax.metric_writer import MetricWriter
 from segjax.tasks import base
@@ -58,7 +58,7 @@ RESUMABLE_CHANGES = (
 
 # Keys added after runs were first saved, with the value that reproduces those runs: a
 # saved config without the key resumes as if it had held this value.
-ADDED_KEYS = {"task": "semantic"}
+ADDED_KEYS = {"task": "semantic", "model.in_channels": 3, "input.norm_stats": "config"}
 
 
 # ----------------------------------------------------------------------------- runner
@@ -94,7 +94,12 @@ class Run:
 
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
-    """Builds `config`'s task and jits its init, train and eval programs for `mesh`."""
+    """Builds `config`'s task and jits its init, train and eval programs for `mesh`.
+
+    `Run.config` is `config` with its input bands resolved from the dataset
+    (`datasets.resolve_inputs`: `model.in_channels`, `input.mean/std`).
+    """
+    config = datasets.resolve_inputs(config)
     task = tasks.build_task(config, mesh)
     init = functools.partial(base.init_train_state, task)
     abstract = jax.eval_shape(init, jax.random.key(0))
@@ -131,7 +136,10 @@ def _match_pretrained(config: ml_collections.ConfigDict, run: Run) -> dict | Non
         return None
     scope = config.model.get("pretrained_scope", "backbone")
     replacements = weights.match_pretrained(
-        os.path.expanduser(path), base.variables(run.abstract_state), scope=scope
+        os.path.expanduser(path),
+        base.variables(run.abstract_state),
+        scope=scope,
+        in_channels=base.in_channels(config),
     )
     count = sum(len(r) for r in replacements.values())
     logging.info("Pretrained %s (scope %s): %d tensors from the file", path, scope, count)
@@ -269,6 +277,7 @@ def train_and_evaluate(
         # Compiled programs are stored there and reused by later runs of the same shapes.
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
     run = setup(config, mesh)
+    config = run.config  # the input bands resolved: what config.json records
     # A pretrained file is read and checked against the model before the workdir is touched.
     pretrained = _match_pretrained(config, run)
     os.makedirs(workdir, exist_ok=True)

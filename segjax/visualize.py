@@ -48,6 +48,29 @@ def colorize(
     return palette_array(palette, ignore_index)[np.asarray(label).astype(np.int64) & 255]
 
 
+def display_image(image: np.ndarray) -> np.ndarray:
+    """An image of any bands [H, W, C] as uint8 RGB [H, W, 3] to look at.
+
+    8-bit RGB is returned as it is. Otherwise the first three bands (one band: grey;
+    two: the first, grey) are each stretched from their 2nd to 98th percentile onto
+    0-255, the usual quick look at multispectral tiles (bands 1-3 as red, green, blue).
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 3 and image.dtype == np.uint8:
+        return image
+    bands = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
+    out = np.empty((*bands.shape[:2], bands.shape[-1]), np.uint8)
+    for k in range(bands.shape[-1]):
+        band = bands[..., k].astype(np.float64)
+        finite = band[np.isfinite(band)]
+        lo, hi = np.percentile(finite, (2, 98)) if finite.size else (0.0, 1.0)
+        scaled = (np.nan_to_num(band, nan=lo) - lo) / max(hi - lo, 1e-12) * 255
+        out[..., k] = np.clip(scaled, 0, 255).round().astype(np.uint8)
+    return np.repeat(out, 3, -1) if out.shape[-1] == 1 else out
+
+
 def overlay(
     image: np.ndarray,
     label: np.ndarray,
@@ -56,8 +79,9 @@ def overlay(
     alpha: float = 0.5,
     ignore_index: int = 255,
 ) -> np.ndarray:
-    """Blends the colourised `label` [H, W] over `image` uint8 [H, W, 3] (ignored: image)."""
-    image = np.asarray(image, np.float32)
+    """Blends the colourised `label` [H, W] over `image` [H, W, C] (ignored: image);
+    an image other than uint8 RGB is shown as `display_image` shows it."""
+    image = display_image(image).astype(np.float32)
     colour = colorize(label, palette, ignore_index).astype(np.float32)
     blended = (1 - alpha) * image + alpha * colour
     keep = (np.asarray(label) == ignore_index)[..., None]
@@ -137,7 +161,7 @@ def comparison_panel(
     """image | ground truth | prediction side by side, titled, with a class legend.
 
     Args:
-      image: uint8 [H, W, 3] at original size.
+      image: [H, W, C] at original size: uint8 RGB, or any bands (`display_image`).
       label: int [H, W] ground truth (`ignore_index` drawn white), or None to show
         image | prediction overlay | prediction.
       pred: int [H, W] predicted classes.
@@ -150,6 +174,7 @@ def comparison_panel(
     Returns:
       uint8 [H', W', 3].
     """
+    image = display_image(image)
     factor = max(1, int(np.ceil(min_height / image.shape[0])))
     middle = (
         colorize(label, palette, ignore_index)

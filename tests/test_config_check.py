@@ -34,14 +34,16 @@ BAD_VALUES = [
     ("input.cat_max_ratio", 0.0, "> 0 and <= 1"),
     ("input.flip", "yes", "True or False"),
     ("input.photometric", 1, "True or False"),
-    ("input.mean", (0.0, 0.0), "(red, green, blue), 3 values"),
+    ("input.mean", (), "one value per input band, one or more values"),
     ("input.std", (1.0, 0.0, 1.0), "numbers > 0"),
+    ("input.norm_stats", "imagenet", "one of ['auto', 'config', 'dataset']"),
     ("input.eval_pad_size", (0, 64), "(height, width), 2 values: integers >= 1"),
     ("input.worker_count", -1, "integer >= 0"),
     ("input.prefetch", 0, "integer >= 1"),
     ("model.name", "deeplabv4", "one of ["),
     ("model.output_stride", 6, "None (the model's default) or one of [1, 2, 4, 8, 12, 16, 32]"),
     ("model.aux_head", "no", "True or False"),
+    ("model.in_channels", -1, "an integer >= 0 (0 = the dataset's number of image bands)"),
     ("model.dtype", "float64", "one of ['bfloat16', 'float32']"),
     ("model.pretrained", None, "a string"),
     ("model.pretrained_scope", "head", "one of ['all', 'backbone']"),
@@ -329,6 +331,19 @@ def test_json_lists_and_absent_keys_are_fine():
         ({"volume.flip_axes": (1, 1)}, "an axis twice"),
         ({"volume.crop_size": (16, 16, 8)}, "height and width must be equal"),
         ({"volume.ct_window": (100.0, -100.0)}, "expected low < high"),
+        ({"input.std": (1.0, 1.0)}, "as many values as config.input.mean (3), one per input band"),
+        (
+            {"model.in_channels": 4, "input.norm_stats": "config"},
+            "config.input.mean=(123.675, 116.28, 103.53): expected 4 values",
+        ),
+        (
+            {"model.in_channels": 4, "input.photometric": True},
+            "photometric=True: expected False with config.model.in_channels=4",
+        ),
+        (
+            {"model.in_channels": 12, "eval.crf.enabled": True},
+            "crf.enabled=True: expected False with config.model.in_channels=12",
+        ),
     ],
 )
 def test_rules_between_keys(changes, message):

@@ -14,6 +14,7 @@ dataset needs neither TensorFlow nor the builder's code.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import os
@@ -24,6 +25,7 @@ import jax
 import ml_collections
 import tensorflow_datasets as tfds
 
+from segjax.data import bands
 from segjax.data.builders import (
     ade20k,
     camvid,
@@ -33,11 +35,13 @@ from segjax.data.builders import (
     coco_panoptic,
     folder,
     msd,
+    nyudv2,
     pascal_context,
     pascal_voc,
     segjax_shapes,
     segjax_shapes_instances,
     segjax_shapes_panoptic,
+    sunrgbd,
     volume_shapes,
 )
 
@@ -55,6 +59,9 @@ class DatasetSpec:
       is_prepared: `(data_dir, config_name) -> bool`.
       files: what the user must get for a real dataset; "" for a built-in one.
       configs: the builder config names ("" = any name, for `folder`).
+      images: the bands of its images when they are known without the prepared data
+        (8-bit RGB by default); None: read from the prepared data's metadata
+        (`segjax.data.bands`), as for `folder`, whose images may have any bands.
     """
 
     prepare: Callable[[str, str, str | None], Any]
@@ -63,6 +70,7 @@ class DatasetSpec:
     is_prepared: Callable[[str, str], bool] = lambda data_dir, config: False
     files: str = ""
     configs: tuple[str, ...] = ("default",)
+    images: bands.ImageInfo | None = bands.RGB8
 
     @property
     def builtin(self) -> bool:
@@ -70,8 +78,14 @@ class DatasetSpec:
         return not self.files
 
 
-def _real(module, files: str, configs: tuple[str, ...] = ("default",)) -> DatasetSpec:
+def _real(
+    module,
+    files: str,
+    configs: tuple[str, ...] = ("default",),
+    images: bands.ImageInfo | None = bands.RGB8,
+) -> DatasetSpec:
     return DatasetSpec(
+        images=images,
         prepare=module.prepare,
         class_names=tuple(getattr(module, "CLASS_NAMES", ())),
         palette=tuple(tuple(c) for c in getattr(module, "PALETTE", ())),
@@ -129,8 +143,21 @@ DATASETS: dict[str, DatasetSpec] = {
         f"{pascal_context.ARCHIVES[0]} plus mmsegmentation's SegmentationClassContext "
         "labels and ImageSets/SegmentationContext lists",
     ),
+    # RGB-D: records add "depth" (uint16 millimetres); config.input.depth feeds it in.
+    "nyudv2": _real(
+        nyudv2,
+        f"{nyudv2.MAT_FILE}, {nyudv2.SPLITS_FILE} and {nyudv2.MAPPING_FILE} (one folder)",
+    ),
+    "sunrgbd": _real(
+        sunrgbd,
+        "SUN RGB-D converted by ESANet's prepare_dataset.py: {train,test}_{rgb,depth,label}.txt "
+        "and the frames they list",
+    ),
     "folder": _real(
-        folder, "your folder with images/, masks/ and classes.txt (see README)", configs=()
+        folder,
+        "your folder with images/, masks/ and classes.txt (see README)",
+        configs=(),
+        images=None,
     ),
     # Volumes (config.task = "volume"): records of image [D, H, W, C], label [D, H, W, 1].
     "volume_shapes": DatasetSpec(
@@ -286,3 +313,47 @@ def thing_classes(dataset_config: ml_collections.ConfigDict) -> tuple[bool, ...]
             "'segjax_shapes_panoptic', 'coco_panoptic', 'cityscapes_panoptic')"
         )
     return tuple(bool(t) for t in metadata["thing_classes"])
+
+
+def image_info(dataset_config: ml_collections.ConfigDict) -> bands.ImageInfo:
+    """The bands of `config.dataset`'s images (`segjax.data.bands`): the spec's when it
+    knows them, else from the prepared data's metadata (preparing it if it can)."""
+    known = get_spec(dataset_config.name).images
+    if known is not None:
+        return known
+    return bands.image_info(prepared_builder(dataset_config).info.metadata)
+
+
+def resolve_inputs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with its input bands settled from the dataset (a copy; `config` is kept).
+
+    `config.model.in_channels = 0` becomes the dataset's number of bands; with
+    `config.input.norm_stats` "auto" or "dataset", `config.input.mean/std` become the
+    statistics that apply (`bands.norm_stats_source`) and `norm_stats` "config". The
+    result reads no dataset again (a workdir's saved config is resolved), and a config
+    resolved already is returned as it is. Volume runs (`config.volume.in_channels`)
+    are left alone.
+
+    Raises:
+      config_check.ConfigError: the config asks what the dataset's images do not have
+        (another band count, statistics it lacks, RGB-only options on other images).
+    """
+    from segjax import config_check
+
+    if config.get("task", "semantic") == "volume" or "model" not in config:
+        return config
+    channels = int(config.model.get("in_channels", 3))
+    norm_stats = config.input.get("norm_stats", "config")
+    if channels > 0 and norm_stats == "config":
+        return config
+    info = image_info(config.dataset)
+    problems = config_check.input_problems(config, info)
+    if problems:
+        raise config_check.ConfigError(problems)
+    resolved = copy.deepcopy(config)
+    resolved.model.in_channels = info.channels
+    if bands.norm_stats_source(norm_stats, len(config.input.mean), info) == "dataset":
+        resolved.input.mean = info.mean
+        resolved.input.std = info.std
+    resolved.input.norm_stats = "config"
+    return resolved

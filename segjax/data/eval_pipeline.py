@@ -16,14 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 
-import cv2
 import grain.python as grain
 import jax
 import ml_collections
 import numpy as np
 
 from segjax import inference
-from segjax.data import transforms
+from segjax.data import bands, transforms
 
 
 def num_eval_steps(num_records: int, per_process_batch: int) -> int:
@@ -62,7 +61,7 @@ class _IndexedSource:
 class EvalSample(grain.MapTransform):
     """grain op: (record, index) -> a fixed-shape eval sample.
 
-    Output: `image` float32 [Hp, Wp, 3] (normalised, resized if configured, zero-padded),
+    Output: `image` float32 [Hp, Wp, C] (normalised, resized if configured, zero-padded),
     `label` int32 [Hl, Wl] (original size, padded with `ignore_index`), `original_hw` and
     `resized_hw` int32 [2], `index` int32.
     """
@@ -97,7 +96,7 @@ class EvalSample(grain.MapTransform):
         if self.resize:
             rh, rw = inference.fit_size(h, w, self.resize)
             if (rh, rw) != (h, w):
-                image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+                image = transforms.resize_image(image, rh, rw)
         if rh > self.pad_size[0] or rw > self.pad_size[1]:
             raise ValueError(
                 f"evaluation image of size {rh}x{rw} is larger than "
@@ -125,7 +124,7 @@ def eval_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """One pass over this process's shard, in order, in fixed-shape batches.
 
-    Every batch has `per_process_batch` samples: `image` [b, Hp, Wp, 3] (Hp x Wp =
+    Every batch has `per_process_batch` samples: `image` [b, Hp, Wp, C] (Hp x Wp =
     `config.input.eval_pad_size`), `label` [b, Hl, Wl] (`label_canvas(config)`),
     `original_hw` / `resized_hw` int32 [b, 2], `index` int32 [b] (-1 for padding) and
     `valid` bool [b]. The last batch is filled with invalid samples, and a process whose
@@ -163,7 +162,7 @@ def eval_batches(
         yield _pad_batch(batch, per_process_batch, ignore_index)
         emitted += 1
     empty = {
-        "image": np.zeros((0, *pad_size, 3), np.float32),
+        "image": np.zeros((0, *pad_size, bands.input_channels(config)), np.float32),
         "label": np.zeros((0, *label_size), np.int32),
         "original_hw": np.zeros((0, 2), np.int32),
         "resized_hw": np.zeros((0, 2), np.int32),

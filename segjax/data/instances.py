@@ -100,7 +100,7 @@ def resize_instances(sample: Sample, height: int, width: int) -> Sample:
     h, w = sample["image"].shape[:2]
     if (h, w) == (height, width):
         return sample
-    image = cv2.resize(sample["image"], (width, height), interpolation=cv2.INTER_LINEAR)
+    image = transforms.resize_image(sample["image"], height, width)
     masks = (
         np.stack(
             [
@@ -253,7 +253,7 @@ class InstanceEvalSample(grain.MapTransform):
         rh, rw = short_side_size(h, w, self.test_size, self.max_size, self.canvas)
         image = sample["image"]
         if (rh, rw) != (h, w):
-            image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+            image = transforms.resize_image(image, rh, rw)
         image = transforms.normalize({"image": image}, self.mean, self.std)["image"]
         image = np.pad(image, ((0, self.canvas[0] - rh), (0, self.canvas[1] - rw), (0, 0)))
         gt = pad_instances(

@@ -27,11 +27,12 @@ def train_loader(
 ) -> grain.DataLoader:
     """Infinite, shuffled, augmented batches of this process's shard of `source`.
 
-    Yields `{"image": float32 [b, h, w, 3], "label": int32 [b, h, w]}` with
+    Yields `{"image": float32 [b, h, w, C], "label": int32 [b, h, w]}` with
     `b = per_process_batch` and `(h, w) = config.input.crop_size`. Per record: random
     rescale (`input.scale_range`, relative to `input.base_size` when set), pad with
     `ignore_index`, random crop (`input.cat_max_ratio`), flip (`input.flip`),
-    photometric distortion (`input.photometric`), normalisation (`input.mean/std`).
+    photometric distortion (`input.photometric`, 8-bit RGB only), normalisation of each
+    of the C bands (`input.mean/std`, one value per band).
 
     Records are shuffled with `seed` over infinite epochs; each process reads its own
     equal-sized shard (`ShardByJaxProcess`, remainder dropped), so all hosts yield the

@@ -1,6 +1,7 @@
 """Host-side numpy transforms on `{"image", "label"}` samples, wrapped as grain ops.
 
-A sample is `{"image": uint8 or float32 [H, W, 3], "label": int32 [H, W]}`. Geometric
+A sample is `{"image": [H, W, C], "label": int32 [H, W]}`: C bands (3 for RGB) of
+uint8, uint16 or float32 (`segjax.data.bands`), float32 once normalised. Geometric
 ops move image and label together: bilinear for the image, nearest for the label, and
 padding with `ignore_index` so padded pixels never count. Random ops take a numpy
 `Generator` that grain seeds per record, which is what makes a resumed run see exactly
@@ -24,7 +25,7 @@ INSTANCE_KEYS = ("instances", "objects")
 
 
 def decode_record(record: dict[str, Any]) -> Sample:
-    """A tfds record -> `{"image": uint8 [H,W,3], "label": int32 [H,W]}`.
+    """A tfds record -> `{"image": [H,W,C] as stored, "label": int32 [H,W]}`.
 
     An instance dataset's record also keeps its `INSTANCE_KEYS`; one without a semantic
     label (COCO instances) gets an all-zero `label`.
@@ -40,9 +41,25 @@ def decode_record(record: dict[str, Any]) -> Sample:
     return sample
 
 
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an image [h, w, C] of any band count to [height, width, C]."""
+    if image.shape[:2] == (height, width):
+        return image
+    # OpenCV drops a single channel's axis and takes at most 512 channels per call.
+    parts = [
+        cv2.resize(
+            np.ascontiguousarray(image[..., k : k + 512]),
+            (width, height),
+            interpolation=cv2.INTER_LINEAR,
+        )
+        for k in range(0, image.shape[-1], 512)
+    ]
+    return np.concatenate([p[..., None] if p.ndim == 2 else p for p in parts], axis=-1)
+
+
 def resize(sample: Sample, height: int, width: int) -> Sample:
     """Resizes image (bilinear) and label (nearest) to `height x width`."""
-    image = cv2.resize(sample["image"], (width, height), interpolation=cv2.INTER_LINEAR)
+    image = resize_image(sample["image"], height, width)
     label = cv2.resize(sample["label"], (width, height), interpolation=cv2.INTER_NEAREST)
     return {**sample, "image": image, "label": label}
 
@@ -194,7 +211,7 @@ class DecodeRecord(grain.MapTransform):
 class TrainAugment(grain.RandomMapTransform):
     """grain op: random rescale, pad, random crop, flip, photometric distortion, normalise.
 
-    Output: `{"image": float32 [h, w, 3], "label": int32 [h, w]}`, `(h, w) = crop_size`.
+    Output: `{"image": float32 [h, w, C], "label": int32 [h, w]}`, `(h, w) = crop_size`.
     All randomness comes from the per-record Generator grain passes in; options that
     are off draw nothing from it, so turning none on leaves the stream unchanged.
     """
@@ -234,7 +251,13 @@ class TrainAugment(grain.RandomMapTransform):
         if self.flip:
             sample = random_flip(sample, rng)
         if self.photometric:
-            sample = {**sample, "image": photometric_distortion(sample["image"], rng)}
+            image = sample["image"]
+            if image.dtype != np.uint8 or image.shape[-1] != 3:
+                raise ValueError(
+                    f"config.input.photometric=True needs 8-bit RGB images; got "
+                    f"{image.dtype} [{image.shape[-1]} bands]: set it to False"
+                )
+            sample = {**sample, "image": photometric_distortion(image, rng)}
         return normalize(sample, self.mean, self.std)
 
 

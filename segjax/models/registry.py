@@ -115,12 +115,24 @@ VOLUME_MODELS: dict[str, Callable[..., nn.Module]] = merge_families(
 for _name in set(MODELS) & set(VOLUME_MODELS):
     raise ValueError(f"model {_name!r} is both an image and a volume model")
 
+# RGB-D families: two-stream models that split their input [B, H, W, 3 + D] into RGB and
+# depth (FuseNet), so they need depth bands (``config.input.depth``) and are kept apart
+# from the RGB contract tests of ``MODELS``; ``build_model`` builds them too. (Early
+# fusion is any model of ``MODELS`` on the 4-band image.)
+RGBD_FAMILIES: tuple[str, ...] = ("segjax.models.fusenet",)
+RGBD_MODELS: dict[str, Callable[..., nn.Module]] = merge_families(
+    importlib.import_module(family) for family in RGBD_FAMILIES
+)
+for _name in set(RGBD_MODELS) & (set(MODELS) | set(VOLUME_MODELS)):
+    raise ValueError(f"model {_name!r} is both an RGB-D model and another kind")
+
 
 def build_model(name: str, *, num_classes: int, dtype: jnp.dtype = jnp.float32, **kwargs):
     """Builds the registered model ``name``.
 
     Args:
-        name: a key of ``MODELS`` (or of ``VOLUME_MODELS``: logits ``[B, D, H, W, K]``).
+        name: a key of ``MODELS`` (or of ``VOLUME_MODELS``: logits ``[B, D, H, W, K]``; or
+            of ``RGBD_MODELS``: images ``[B, H, W, 3 + D]``).
         num_classes: number of output classes ``K`` (logits are ``[B, H, W, K]``).
         dtype: compute dtype (``jnp.bfloat16`` for mixed precision); params stay float32.
         **kwargs: the builder's other arguments (``output_stride``, ``aux_head``, ...).
@@ -135,9 +147,12 @@ def build_model(name: str, *, num_classes: int, dtype: jnp.dtype = jnp.float32, 
     """
     if name in VOLUME_MODELS:
         return VOLUME_MODELS[name](num_classes=num_classes, dtype=dtype, **kwargs)
+    if name in RGBD_MODELS:
+        return RGBD_MODELS[name](num_classes=num_classes, dtype=dtype, **kwargs)
     if name not in MODELS:
         raise UnknownModelError(
             f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}; "
-            f"volume models: {', '.join(sorted(VOLUME_MODELS))}"
+            f"volume models: {', '.join(sorted(VOLUME_MODELS))}; "
+            f"RGB-D models: {', '.join(sorted(RGBD_MODELS))}"
         )
     return MODELS[name](num_classes=num_classes, dtype=dtype, **kwargs)

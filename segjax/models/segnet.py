@@ -84,7 +84,7 @@ def max_unpool(x: Array, indices: Array, size: Sequence[int]) -> Array:
     return y[:, :out_h, :out_w]
 
 
-def _decoder_widths(stages: Sequence[Sequence[int]], last: int | None) -> list[list[int]]:
+def mirrored_decoder_widths(stages: Sequence[Sequence[int]], last: int | None) -> list[list[int]]:
     """Mirrored decoder widths, deepest stage first.
 
     Each decoder stage has as many convs as its encoder stage; the last one outputs the
@@ -154,7 +154,7 @@ class SegNet(nn.Module):
         )(image, train=train)
         x = features["s32"]
         n = len(self.stages)
-        for d, widths in enumerate(_decoder_widths(self.stages, last=self.num_classes)):
+        for d, widths in enumerate(mirrored_decoder_widths(self.stages, last=self.num_classes)):
             i = n - 1 - d  # Encoder stage this decoder stage mirrors.
             x = max_unpool(x, indices[i], sizes[i])
             for j, width in enumerate(widths):
@@ -164,7 +164,7 @@ class SegNet(nn.Module):
                     x = classifier_conv(width, self.dtype, kernel_size=3, name=name)(x)
                 else:
                     x = VGGConv(width, batch_norm=True, dtype=self.dtype, name=name)(x, train=train)
-        return _outputs(x, self.aux_head, features, image.shape[1:3], train)
+        return logits_and_aux(x, self.aux_head, features, image.shape[1:3], train)
 
 
 class DeconvNet(nn.Module):
@@ -208,7 +208,7 @@ class DeconvNet(nn.Module):
             name="deconv_fc6",
         )(x, train=train)
         n = len(self.stages)
-        for d, widths in enumerate(_decoder_widths(self.stages, last=None)):
+        for d, widths in enumerate(mirrored_decoder_widths(self.stages, last=None)):
             i = n - 1 - d
             x = max_unpool(x, indices[i], sizes[i])
             for j, width in enumerate(widths):
@@ -216,10 +216,10 @@ class DeconvNet(nn.Module):
                     width, batch_norm=True, dtype=self.dtype, name=f"deconv{i + 1}_{j + 1}"
                 )(x, train=train)
         x = classifier_conv(self.num_classes, self.dtype, name="score")(x)
-        return _outputs(x, self.aux_head, features, image.shape[1:3], train)
+        return logits_and_aux(x, self.aux_head, features, image.shape[1:3], train)
 
 
-def _outputs(logits, aux_head, features, size, train) -> dict[str, Array]:
+def logits_and_aux(logits, aux_head, features, size, train) -> dict[str, Array]:
     """``{"logits"}`` in float32 plus the aux head's logits resized to ``size``."""
     outputs = {"logits": logits.astype(jnp.float32)}
     if aux_head is not None:

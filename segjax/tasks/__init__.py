@@ -15,6 +15,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
+from segjax.data import datasets
 from segjax.tasks import (
     adversarial,
     classification,
@@ -45,11 +46,15 @@ def task_name(config: ml_collections.ConfigDict) -> str:
 
 
 def build_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Task:
-    """The task named by `config.task`; an unknown name lists the known ones."""
+    """The task named by `config.task`; an unknown name lists the known ones.
+
+    The task is built from `datasets.resolve_inputs(config)`: the input bands and their
+    normalisation settled from the dataset (`train_lib.setup` keeps that config).
+    """
     name = task_name(config)
     if name not in TASKS:
         raise ValueError(f"config.task={name!r} is not a task; known tasks: {sorted(TASKS)}")
-    return TASKS[name](config, mesh)
+    return TASKS[name](datasets.resolve_inputs(config), mesh)
 
 
 __all__ = ["TASKS", "Task", "build_task", "task_name"]

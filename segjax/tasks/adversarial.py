@@ -600,7 +600,9 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         if ub:
             # The unlabelled batch's share of this batch (batch_size is global or per process).
             u = ub * batch_size // config.input.batch_size
-            spec["unlabelled_image"] = jax.ShapeDtypeStruct((u, h, w, 3), jnp.float32)
+            spec["unlabelled_image"] = jax.ShapeDtypeStruct(
+                (u, h, w, base.in_channels(config)), jnp.float32
+            )
             spec["unlabelled_valid"] = jax.ShapeDtypeStruct((u, h, w), jnp.bool_)
             spec["unlabelled_gate"] = jax.ShapeDtypeStruct((u,), jnp.float32)
         return spec
@@ -610,7 +612,9 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         if ub:
             u = ub * batch_size // config.input.batch_size
             rng = np.random.default_rng([seed, 1])
-            batch["unlabelled_image"] = rng.standard_normal((u, h, w, 3), dtype=np.float32)
+            batch["unlabelled_image"] = rng.standard_normal(
+                (u, h, w, base.in_channels(config)), dtype=np.float32
+            )
             batch["unlabelled_valid"] = np.ones((u, h, w), bool)
             batch["unlabelled_gate"] = np.ones((u,), np.float32)
         return batch

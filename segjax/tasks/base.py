@@ -34,6 +34,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from segjax.data import bands
+
 Array = jax.Array
 Batch = dict[str, Any]
 Variables = dict[str, Any]
@@ -74,6 +76,11 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
     if name not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"config.model.dtype={name!r}; expected 'float32' or 'bfloat16'")
     return jnp.dtype(name)
+
+
+def in_channels(config: ml_collections.ConfigDict) -> int:
+    """C of the model's input images [B, H, W, C] (see `bands.input_channels`)."""
+    return bands.input_channels(config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +127,10 @@ class ImagePredictor:
     canvas, pads, normalises and batches; the task predicts and writes.
 
     Attributes:
-      predict: `(variables, images [B, H, W, 3]) -> outputs` on device (eval mode).
-      write: `(image uint8 [h, w, 3], outputs_i (numpy, this image's slice), fitted
-        (rh, rw) the image's size on the canvas, stem (output path without suffix))
-        -> list of written paths`.
+      predict: `(variables, images [B, H, W, C]) -> outputs` on device (eval mode).
+      write: `(image [h, w, C] as read (uint8 RGB for photos), outputs_i (numpy, this
+        image's slice), fitted (rh, rw) the image's size on the canvas, stem (output
+        path without suffix)) -> list of written paths`.
     """
 
     predict: Callable[[Variables, Array], Any]

@@ -198,18 +198,19 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         keep[cc.background_class] = False
     keep_j = jnp.asarray(keep, jnp.float32)
     h, w = config.input.crop_size
+    c = base.in_channels(config)
     class_names = functools.cache(lambda: datasets.class_names(config.dataset))
 
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         return {
-            "image": jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32),
+            "image": jax.ShapeDtypeStruct((batch_size, h, w, c), jnp.float32),
             "classes": jax.ShapeDtypeStruct((batch_size, num_classes), jnp.float32),
         }
 
     def example_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         return {
-            "image": rng.standard_normal((batch_size, h, w, 3), dtype=np.float32),
+            "image": rng.standard_normal((batch_size, h, w, c), dtype=np.float32),
             "classes": (rng.random((batch_size, num_classes)) < 0.5).astype(np.float32),
         }
 

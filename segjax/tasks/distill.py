@@ -235,7 +235,7 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
     h, w = config.input.crop_size
     adapter = None
     if dc.feature_key:
-        shape = (1, h, w, 3)
+        shape = (1, h, w, base.in_channels(config))
         rng = jax.random.key(0)
         channels = _feature_channels(teacher, shape, dc.feature_key, rng)
         _feature_channels(student, shape, dc.feature_key, rng)  # checks the key

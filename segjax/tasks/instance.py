@@ -57,7 +57,9 @@ def config_block() -> ml_collections.ConfigDict:
 
 
 # config.model keys that are not Mask R-CNN arguments (the loop's, or segmentors' only).
-NOT_BUILDER_KEYS = ("name", "dtype", "pretrained", "pretrained_scope", "output_stride", "aux_head")
+NOT_BUILDER_KEYS = (
+    "name", "dtype", "pretrained", "pretrained_scope", "output_stride", "aux_head", "in_channels"
+)  # fmt: skip
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -81,7 +83,13 @@ def build_model(config: ml_collections.ConfigDict) -> MaskRCNN:
 
 
 def example_targets(
-    batch_size: int, seed: int, *, hw: tuple[int, int], max_instances: int, num_classes: int
+    batch_size: int,
+    seed: int,
+    *,
+    hw: tuple[int, int],
+    max_instances: int,
+    num_classes: int,
+    channels: int = 3,
 ) -> dict[str, np.ndarray]:
     """A random training batch of `InstanceTrainAugment`'s shapes: box-shaped masks of
     classes 1..num_classes-1, 1..G valid per image (benchmarks, tests)."""
@@ -98,7 +106,7 @@ def example_targets(
             masks[b, i, y1:y2, x1:x2] = 1
     valid = np.arange(g)[None] < rng.integers(1, g + 1, (batch_size, 1))
     return {
-        "image": rng.standard_normal((batch_size, h, w, 3), dtype=np.float32),
+        "image": rng.standard_normal((batch_size, h, w, channels), dtype=np.float32),
         "image_hw": np.full((batch_size, 2), [h, w], np.int32),
         "boxes": boxes * valid[..., None],
         "classes": np.where(valid, rng.integers(1, num_classes, (batch_size, g)), 0).astype(
@@ -109,11 +117,13 @@ def example_targets(
     }
 
 
-def target_spec(batch_size: int, hw: tuple[int, int], max_instances: int) -> dict[str, Any]:
+def target_spec(
+    batch_size: int, hw: tuple[int, int], max_instances: int, channels: int = 3
+) -> dict[str, Any]:
     """`jax.ShapeDtypeStruct`s of `example_targets`' (and the training pipeline's) batch."""
     s, (h, w), g = jax.ShapeDtypeStruct, hw, max_instances
     return {
-        "image": s((batch_size, h, w, 3), jnp.float32),
+        "image": s((batch_size, h, w, channels), jnp.float32),
         "image_hw": s((batch_size, 2), jnp.int32),
         "boxes": s((batch_size, g, 4), jnp.float32),
         "classes": s((batch_size, g), jnp.int32),
@@ -296,17 +306,18 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
     model = build_model(config)
     tx, schedule = optim.make_optimizer(config, config.train.steps)
     h, w = config.input.crop_size
+    c = base.in_channels(config)
     g = inst.max_instances
     num_classes = config.dataset.num_classes
     class_names = functools.cache(lambda: datasets.class_names(config.dataset))
     palette = functools.cache(lambda: datasets.palette(config.dataset))
 
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        return target_spec(batch_size, (h, w), g)
+        return target_spec(batch_size, (h, w), g, c)
 
     def example_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         return example_targets(
-            batch_size, seed, hw=(h, w), max_instances=g, num_classes=num_classes
+            batch_size, seed, hw=(h, w), max_instances=g, num_classes=num_classes, channels=c
         )
 
     def init_variables(rng, batch):

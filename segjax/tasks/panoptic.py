@@ -213,7 +213,7 @@ def _panoptic_deeplab(config, pc, thing_classes) -> _Family:
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         f32 = jnp.float32
         return {
-            "image": jax.ShapeDtypeStruct((batch_size, h, w, 3), f32),
+            "image": jax.ShapeDtypeStruct((batch_size, h, w, base.in_channels(config)), f32),
             "semantic": jax.ShapeDtypeStruct((batch_size, h, w), jnp.int32),
             "center": jax.ShapeDtypeStruct((batch_size, h, w), f32),
             "offset": jax.ShapeDtypeStruct((batch_size, h, w, 2), f32),
@@ -226,7 +226,7 @@ def _panoptic_deeplab(config, pc, thing_classes) -> _Family:
         rng = np.random.default_rng(seed)
         shape = (batch_size, h, w)
         return {
-            "image": rng.standard_normal((*shape, 3), dtype=np.float32),
+            "image": rng.standard_normal((*shape, base.in_channels(config)), dtype=np.float32),
             "semantic": rng.integers(0, num_classes, shape, dtype=np.int32),
             "center": rng.random(shape, dtype=np.float32),
             "offset": rng.normal(scale=5.0, size=(*shape, 2)).astype(np.float32),
@@ -292,12 +292,17 @@ def _panoptic_fpn(config, pc, thing_classes) -> _Family:
     hw, g = tuple(config.input.crop_size), pc.max_instances
 
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        spec = instance.target_spec(batch_size, hw, g)
+        spec = instance.target_spec(batch_size, hw, g, base.in_channels(config))
         return {**spec, "semantic": jax.ShapeDtypeStruct((batch_size, *hw), jnp.int32)}
 
     def example_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         batch = instance.example_targets(
-            batch_size, seed, hw=hw, max_instances=g, num_classes=int(things.sum()) + 1
+            batch_size,
+            seed,
+            hw=hw,
+            max_instances=g,
+            num_classes=int(things.sum()) + 1,
+            channels=base.in_channels(config),
         )
         rng = np.random.default_rng(seed + 1)
         sem = rng.integers(0, int((~things).sum()) + 1, (batch_size, *hw), dtype=np.int32)

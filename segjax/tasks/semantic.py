@@ -4,8 +4,9 @@ The task behind `config.task = "semantic"` (the default):
 
 - model: `config.model.name` from `segjax.models.MODELS`, with `config.model`'s other
   keys as builder arguments; outputs `logits` [B, H, W, K] (+ `aux_logits`, ...).
-- batch: `image` float32 [B, H, W, 3] (normalised), `label` int32 [B, H, W] with
-  `config.dataset.ignore_index` for void pixels (`segjax.data.pipeline.train_loader`).
+- batch: `image` float32 [B, H, W, C] (normalised; C = `config.model.in_channels`),
+  `label` int32 [B, H, W] with `config.dataset.ignore_index` for void pixels
+  (`segjax.data.pipeline.train_loader`).
 - loss: `config.loss` (`losses.build_loss`) on the main and auxiliary heads.
 - evaluation: the inference mode of `config.eval` (whole / sliding window / TTA), class
   scores resized back to each image's original size, a confusion matrix [K, K]
@@ -19,7 +20,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from segjax import inference, losses, metrics, optim, sharding, visualize
-from segjax.data import datasets, eval_pipeline, pipeline
+from segjax.data import datasets, eval_pipeline, pipeline, transforms
 from segjax.models import build_model as build_registered_model
 from segjax.tasks import base
 
@@ -36,7 +36,7 @@ _INT32_MAX = 2**31 - 1
 
 
 # config.model keys that are not the builder's arguments (pretrained: the loop applies it).
-NOT_BUILDER_KEYS = ("name", "dtype", "pretrained", "pretrained_scope")
+NOT_BUILDER_KEYS = ("name", "dtype", "pretrained", "pretrained_scope", "in_channels")
 
 
 def build_model(config: ml_collections.ConfigDict):
@@ -60,7 +60,7 @@ def make_loss(
     """The `Task.loss` of a segmentor: `loss_fn` on its main and auxiliary outputs, plus
     the semantic encoding loss (weight `se_weight`) when the model outputs `se_logits`.
 
-    `batch["image"]` float [B, H, W, 3], `batch["label"]` int32 [B, H, W]; averaged over
+    `batch["image"]` float [B, H, W, C], `batch["label"]` int32 [B, H, W]; averaged over
     the valid pixels of the global batch (see `losses.segmentation_loss`). The step's
     `rng` is the dropout key.
     """
@@ -76,7 +76,7 @@ def make_loss(
 
 
 def init_variables(model, rng: jax.Array, image_shape: tuple[int, ...]) -> base.Variables:
-    """A segmentor's fresh variables for images of `image_shape` [B, H, W, 3]."""
+    """A segmentor's fresh variables for images of `image_shape` [B, H, W, C]."""
     return model.init(
         {"params": rng, "dropout": rng}, jnp.zeros(image_shape, jnp.float32), train=False
     )
@@ -122,7 +122,7 @@ def _crf_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def make_score_fn(model, config: ml_collections.ConfigDict, mesh=None) -> Callable:
     """`score_fn(variables, batch) -> scores` float32 [B, Hl, Wl, K] at original size.
 
-    `batch` has `image` [B, Hp, Wp, 3], `label` [B, Hl, Wl], `original_hw` and
+    `batch` has `image` [B, Hp, Wp, C], `label` [B, Hl, Wl], `original_hw` and
     `resized_hw` [B, 2]. Scores are computed by `inference.predict` in the mode of
     `config.eval` and resized back to each image's original size (top-left of the
     label canvas) when images were resized; otherwise cut (or padded) to the canvas.
@@ -186,22 +186,6 @@ def summary(scores: dict[str, Any]) -> dict[str, float]:
     return {k: float(scores[k]) for k in ("miou", "pixel_accuracy", "mean_accuracy")}
 
 
-def _resize_channels(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    # Bilinear resize of [h, w, K] scores; cv2 takes at most 512 channels per call.
-    if x.shape[:2] == (height, width):
-        return x
-    parts = [
-        cv2.resize(
-            np.ascontiguousarray(x[..., k : k + 512]),
-            (width, height),
-            interpolation=cv2.INTER_LINEAR,
-        )
-        for k in range(0, x.shape[-1], 512)
-    ]
-    parts = [p[..., None] if p.ndim == 2 else p for p in parts]
-    return np.concatenate(parts, axis=-1)
-
-
 def make_image_predictor(model, config: ml_collections.ConfigDict, mesh) -> base.ImagePredictor:
     """Class probabilities on the canvas; per file a palette label PNG and an overlay.
 
@@ -222,7 +206,7 @@ def make_image_predictor(model, config: ml_collections.ConfigDict, mesh) -> base
     def write(image: np.ndarray, probs: np.ndarray, fitted: tuple[int, int], stem: str):
         h, w = image.shape[:2]
         rh, rw = fitted
-        pred = _resize_channels(probs[:rh, :rw], h, w).argmax(-1).astype(np.uint8)
+        pred = transforms.resize_image(probs[:rh, :rw], h, w).argmax(-1).astype(np.uint8)
         palette = datasets.palette(config.dataset)
         label_path = stem + ".png"
         visualize.label_image(pred, palette).save(label_path)
@@ -254,6 +238,7 @@ def build(
         options=losses.loss_options(config),
     )
     h, w = config.input.crop_size
+    c = base.in_channels(config)
     score_fn = make_score_fn(model, config, mesh)
     given_names, given_palette = class_names, palette
     class_names = functools.cache(lambda: given_names or datasets.class_names(config.dataset))
@@ -263,14 +248,14 @@ def build(
 
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         return {
-            "image": jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32),
+            "image": jax.ShapeDtypeStruct((batch_size, h, w, c), jnp.float32),
             "label": jax.ShapeDtypeStruct((batch_size, h, w), jnp.int32),
         }
 
     def example_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         return {
-            "image": rng.standard_normal((batch_size, h, w, 3), dtype=np.float32),
+            "image": rng.standard_normal((batch_size, h, w, c), dtype=np.float32),
             "label": rng.integers(0, num_classes, (batch_size, h, w), dtype=np.int32),
         }
 

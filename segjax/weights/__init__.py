@@ -8,6 +8,7 @@
 from segjax.weights.convert import ConversionError
 from segjax.weights.pretrained import (
     PretrainedError,
+    adapt_input_conv,
     convert_file,
     load_pretrained,
     match_pretrained,
@@ -23,6 +24,7 @@ __all__ = [
     "ConversionError",
     "PretrainedError",
     "WeightFileError",
+    "adapt_input_conv",
     "convert_file",
     "get_conversion",
     "load_pretrained",

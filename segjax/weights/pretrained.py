@@ -14,6 +14,10 @@ everything else; ``scope="all"`` takes every tensor, except those of a classifie
 class count differs, which keep their fresh initialisation (logged). Anything else that does
 not fit (a missing or unexpected tensor, a shape) is a ``PretrainedError`` naming the tensor,
 its expected and its found shape.
+
+A model of other than 3 input bands (``config.model.in_channels``, multispectral or RGB-D
+input) takes an RGB file's first convolution adapted to its bands (``adapt_input_conv``,
+timm's rule), logged; every other tensor is taken as it is.
 """
 
 from __future__ import annotations
@@ -146,6 +150,51 @@ def read_pretrained(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     return variables, dict(blob.get("meta", {}))
 
 
+def adapt_input_conv(kernel: np.ndarray, in_channels: int) -> np.ndarray:
+    """An RGB input convolution's kernel [..., 3, O] (HWIO) adapted to `in_channels` bands.
+
+    timm's rule (`timm.models._manipulate.adapt_input_conv`), which
+    segmentation_models_pytorch follows: one band gets the sum of the R, G and B kernels;
+    three keep them; any other count C repeats R, G, B cyclically over the C bands (band
+    c takes RGB kernel c mod 3) and scales all by 3 / C, so that bands of RGB-like
+    statistics give activations of the RGB model's scale.
+
+    Raises:
+      ValueError: the kernel's input axis is not 3, or `in_channels` < 1.
+    """
+    kernel = np.asarray(kernel)
+    if kernel.shape[-2] != 3:
+        raise ValueError(
+            f"an input convolution of {kernel.shape[-2]} input channels (shape "
+            f"{kernel.shape}); only an RGB (3-channel) one can be adapted"
+        )
+    if in_channels < 1:
+        raise ValueError(f"in_channels={in_channels}; expected >= 1")
+    dtype = kernel.dtype
+    k = kernel.astype(np.float32)
+    if in_channels == 1:
+        return k.sum(axis=-2, keepdims=True).astype(dtype)
+    if in_channels == 3:
+        return kernel
+    repeats = -(-in_channels // 3)
+    tiled = np.concatenate([k] * repeats, axis=-2)[..., :in_channels, :]
+    return (tiled * (3.0 / in_channels)).astype(dtype)
+
+
+def _is_input_conv_change(key: tuple[str, ...], found: tuple, expected: tuple, bands: int) -> bool:
+    # A kernel [..., 3, O] in the file where the model, of `bands` input bands, has
+    # [..., bands, O]: a convolution that reads the image.
+    return (
+        bands != 3
+        and key[-1] == "kernel"
+        and len(found) == len(expected) >= 2
+        and found[-2] == 3
+        and expected[-2] == bands
+        and found[:-2] == tuple(expected[:-2])
+        and found[-1] == expected[-1]
+    )
+
+
 def _flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
     return flax.traverse_util.flatten_dict(dict(tree)) if tree else {}
 
@@ -156,6 +205,7 @@ def match_pretrained(
     *,
     scope: str = "backbone",
     logger: logging.Logger | None = None,
+    in_channels: int = 3,
 ) -> dict[str, dict[tuple[str, ...], np.ndarray]]:
     """Checks a converted file against a model's variables: the tensors it will replace.
 
@@ -168,6 +218,9 @@ def match_pretrained(
             initialisation; ``"all"``: every tensor of the model comes from the file, except
             a classifier whose class count differs (it keeps its initialisation; logged).
         logger: where the re-initialisations are logged (default: this module's logger).
+        in_channels: the model's input bands; when not 3, an RGB kernel of the file that
+            the model has with `in_channels` input channels is adapted to them
+            (`adapt_input_conv`, logged).
 
     Returns:
         ``{collection: {path tuple: numpy array (the model's dtype)}}``: what to replace.
@@ -222,6 +275,20 @@ def match_pretrained(
                         tuple(target.shape),
                     )
                     continue
+                if _is_input_conv_change(key, value.shape, target.shape, in_channels):
+                    logger.warning(
+                        "pretrained %s: %s %s adapted to %d input bands -> %s (RGB kernels "
+                        "repeated over the bands%s)",
+                        path,
+                        name,
+                        value.shape,
+                        in_channels,
+                        tuple(target.shape),
+                        ", summed" if in_channels == 1 else f", scaled by 3/{in_channels}",
+                    )
+                    adapted = adapt_input_conv(value, in_channels)
+                    replacements[collection][key] = adapted.astype(target.dtype)
+                    continue
                 raise PretrainedError(
                     f"{path}: tensor {name} has shape {value.shape} in the file, the model "
                     f"expects {tuple(target.shape)}"
@@ -274,6 +341,7 @@ def load_pretrained(
     *,
     scope: str = "backbone",
     logger: logging.Logger | None = None,
+    in_channels: int = 3,
 ) -> dict[str, Any]:
     """Applies a converted file to a model's freshly initialised variables.
 
@@ -285,7 +353,9 @@ def load_pretrained(
         >>> variables = model.init(key, jnp.zeros((1, 65, 65, 3)), train=False)
         >>> variables = load_pretrained("r50.msgpack", variables, scope="backbone")
     """
-    replacements = match_pretrained(path, variables, scope=scope, logger=logger)
+    replacements = match_pretrained(
+        path, variables, scope=scope, logger=logger, in_channels=in_channels
+    )
     as_jax = {c: {k: jax.numpy.asarray(v) for k, v in r.items()} for c, r in replacements.items()}
     return merge_pretrained(variables, as_jax)
 

@@ -25,6 +25,7 @@ from segjax.models.heads.parsenet import L2NormScale
 from segjax.models.segnet import max_pool_with_argmax, max_unpool
 from segjax.models.upsampling import bilinear_kernel, conv_transpose_upsample
 from segjax.tasks.semantic import init_state, make_train_step
+from tests.models.gradients import dead_parameters, train_gradients
 
 
 def _scatter_conv_transpose(x: np.ndarray, w: np.ndarray, f: int, size) -> np.ndarray:
@@ -297,22 +298,8 @@ def test_unpooling_models_contract(name):
 
     labels = jax.random.randint(jax.random.key(3), shape[:3], 0, k)
 
-    def loss_fn(params):
-        out, state = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": jax.random.key(4)},  # The aux head's dropout.
-        )
-        loss = sum(
-            optax.softmax_cross_entropy_with_integer_labels(v, labels).mean() for v in out.values()
-        )
-        return loss, state
-
-    grads, state = jax.jit(jax.grad(loss_fn, has_aux=True))(variables["params"])
-    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-    dead = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g) != 0)]
+    grads, state = train_gradients(model, variables, x, labels)  # dropout: the aux head's
+    dead = dead_parameters(grads)
     assert not dead, f"parameters with an all-zero gradient: {dead}"
     moved = jax.tree.map(
         lambda a, b: bool(np.any(a != b)), variables["batch_stats"], state["batch_stats"]

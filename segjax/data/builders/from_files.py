@@ -12,12 +12,18 @@ pair and writes it:
 * an image that cannot be decoded, an image and label of different sizes, and a label
   value outside the map are errors naming the file (and the values);
 * images are stored as the original bytes when they are 8-bit RGB JPEG/PNG, otherwise
-  converted to 8-bit RGB PNG (the reader decodes with OpenCV, without TensorFlow);
+  converted to 8-bit RGB PNG (the reader decodes with OpenCV, without TensorFlow); a
+  builder of other images (multi-band TIFFs of `folder`, RGB-D) declares their bands
+  with :meth:`FromFilesBuilder.image_bands` and stores arrays [H, W, C] of one dtype
+  (``read_bands`` reads TIFFs), with per-band statistics (``BAND_STATS``,
+  `segjax.data.bands`);
 * labels are stored mapped: uint8 PNG [H, W, 1] with values in ``[0, num_classes)``
   and ``IGNORE_INDEX`` (255) for void.
 
-Every record is ``{"image": uint8 [H, W, 3], "label": uint8 [H, W, 1], "id": str}``;
-``builder.info.metadata`` holds ``num_classes``, ``class_names`` and ``palette``.
+Every record is ``{"image": uint8 [H, W, 3], "label": uint8 [H, W, 1], "id": str}``
+(``image`` [H, W, C] of ``image_bands()``'s dtype for other images);
+``builder.info.metadata`` holds ``num_classes``, ``class_names``, ``palette`` and the
+bands' keys (``image_channels``, ``image_dtype``, ``band_mean``, ``band_std``).
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ import shutil
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
+
+from segjax.data import bands
 
 IGNORE_INDEX = 255
 VERSION = "1.0.0"
@@ -228,6 +237,43 @@ def decode_image(data: bytes, name: str) -> tuple[bytes, tuple[int, int]]:
     return png.tobytes(), rgb.shape[:2]
 
 
+def read_bands(data: bytes, name: str) -> np.ndarray:
+    """All bands of a (multi-band, Geo)TIFF as [H, W, C]: uint8 and uint16 as stored, any
+    other real dtype as float32.
+
+    Contiguous (``YXS``) and planar (``SYX``, ``CYX``) layouts are both read; a TIFF of
+    several pages of one size (a band per page) is stacked.
+
+    Raises:
+      ValueError: naming `name`, when it is no readable TIFF, or holds no 2-D image.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            series = tif.series[0]
+            image = series.asarray()
+            axes = series.axes
+    except Exception as e:
+        raise ValueError(f"{name}: cannot read as TIFF ({e})") from e
+    if "Y" not in axes or "X" not in axes or image.ndim not in (2, 3):
+        raise ValueError(
+            f"{name}: expected a 2-D image of bands (axes YX plus one band axis), "
+            f"got shape {image.shape} (axes {axes!r})"
+        )
+    if image.ndim == 2:
+        image = image[..., None]
+    else:
+        band = next(i for i, a in enumerate(axes) if a not in "YX")
+        order = [axes.index("Y"), axes.index("X"), band]
+        image = np.transpose(image, order)
+    if image.dtype.kind not in "uif" or image.dtype.itemsize > 8:
+        raise ValueError(f"{name}: TIFF pixels of type {image.dtype}; expected real numbers")
+    if image.dtype not in (np.uint8, np.uint16):
+        image = image.astype(np.float32)
+    return np.ascontiguousarray(image)
+
+
 def decode_label(data: bytes, name: str) -> np.ndarray:
     """The raw values of a label image, int32 [H, W] (palette PNGs give their indices).
 
@@ -300,9 +346,17 @@ def encode_example(
     class_names: Sequence[str],
     *,
     read_label: Callable[[FileTree, str], np.ndarray] | None = None,
+    read_image: Callable[[FileTree, str], tuple[Any, tuple[int, int]]] | None = None,
 ) -> dict:
-    """Reads, checks and encodes one pair into a record of the prepared dataset."""
-    image_bytes, (h, w) = decode_image(tree.read(pair.image), tree.origin(pair.image))
+    """Reads, checks and encodes one pair into a record of the prepared dataset.
+
+    `read_image(tree, path) -> (stored image, (H, W))`: by default `decode_image` (bytes
+    of 8-bit RGB); a builder of other images returns arrays [H, W, C].
+    """
+    if read_image is None:
+        image_bytes, (h, w) = decode_image(tree.read(pair.image), tree.origin(pair.image))
+    else:
+        image_bytes, (h, w) = read_image(tree, pair.image)
     label_name = tree.origin(pair.label)
     raw = (
         read_label(tree, pair.label)
@@ -349,6 +403,9 @@ class FromFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     PALETTE: tuple[tuple[int, int, int], ...] = ()
     LABEL_MAP: Mapping[int, int] = {}
     ARCHIVES: tuple[str, ...] = ()
+    # Per-band mean / std of the train split's images into the metadata (`bands`); always
+    # for images that are not 8-bit RGB.
+    BAND_STATS = False
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -363,13 +420,33 @@ class FromFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def palette(self) -> tuple[tuple[int, int, int], ...]:
         return tuple(self.PALETTE)
 
+    def image_bands(self) -> tuple[int, str]:
+        """(C, dtype) of the stored images; (3, "uint8"): RGB kept as JPEG/PNG bytes.
+
+        Other bands are stored as arrays [H, W, C] (zlib-compressed tensors), and
+        `read_image` must return such arrays.
+        """
+        return 3, "uint8"
+
+    def _is_rgb8(self) -> bool:
+        return self.image_bands() == (3, "uint8")
+
+    def _image_feature(self) -> tfds.features.FeatureConnector:
+        channels, dtype = self.image_bands()
+        if self._is_rgb8():
+            return tfds.features.Image(shape=(None, None, 3))
+        return tfds.features.Tensor(
+            shape=(None, None, channels), dtype=np.dtype(dtype), encoding="zlib"
+        )
+
     def _info(self) -> tfds.core.DatasetInfo:
         names = self.class_names()
         return self.dataset_info_from_configs(
             description=(self.__doc__ or "").splitlines()[0],
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "image": self._image_feature(),
+                    **self.extra_features(),
                     "label": tfds.features.Image(
                         shape=(None, None, 1), dtype=np.uint8, encoding_format="png"
                     ),
@@ -383,8 +460,18 @@ class FromFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 class_names=list(names),
                 palette=[list(c) for c in self.palette()],
                 ignore_index=IGNORE_INDEX,
+                **bands.band_metadata(*self.image_bands()),
+                **self.extra_metadata(),
             ),
         )
+
+    def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
+        """Features a record has besides image, label and id (RGB-D: ``depth``)."""
+        return {}
+
+    def extra_metadata(self) -> dict:
+        """Metadata entries besides the class names, palette and ignore index."""
+        return {}
 
     def split_pairs(self, tree: FileTree) -> dict[str, list[Pair]]:
         """The (image, label) pairs of each split, in a fixed order."""
@@ -398,6 +485,11 @@ class FromFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """The raw label values of `path`, int32 [H, W]."""
         return decode_label(tree.read(path), tree.origin(path))
 
+    def read_image(self, tree: FileTree, path: str) -> tuple[Any, tuple[int, int]]:
+        """(what the record stores, (H, W)) of image `path`: 8-bit RGB JPEG/PNG bytes, or
+        for other `image_bands()` an array [H, W, C] of that dtype."""
+        return decode_image(tree.read(path), tree.origin(path))
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         # Not dl_manager.manual_dir: tfds insists on a folder, and ours may be an archive.
         manual_path = getattr(self, "manual_path", None)
@@ -410,13 +502,37 @@ class FromFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for split, pairs in splits.items():
             if not pairs:
                 raise ValueError(f"{self.name}: split {split!r} is empty in {tree.describe()}")
-        return {split: self._generate_examples(tree, pairs) for split, pairs in splits.items()}
+        return {
+            split: self._with_band_stats(split, self._generate_examples(tree, pairs))
+            for split, pairs in splits.items()
+        }
+
+    def _with_band_stats(self, split: str, examples: Iterator[tuple[str, dict]]) -> Iterator:
+        # Passes the examples through; for the train split, adds their per-band mean and
+        # std to the metadata, which tfds writes after every split is generated.
+        if split != "train" or (self._is_rgb8() and not self.BAND_STATS):
+            yield from examples
+            return
+        channels, dtype = self.image_bands()
+        stats = bands.BandStats(channels)
+        for key, example in examples:
+            image = example["image"]
+            if isinstance(image, bytes):
+                image = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            stats.add(image)
+            yield key, example
+        self.info.metadata.update(bands.band_metadata(channels, dtype, stats))
 
     def _generate_examples(self, tree: FileTree, pairs: list[Pair]) -> Iterator[tuple[str, dict]]:
         lut = label_map(self.label_mapping())
         names = self.class_names()
         for pair in pairs:
-            yield pair.id, encode_example(tree, pair, lut, names, read_label=self.read_label)
+            yield (
+                pair.id,
+                encode_example(
+                    tree, pair, lut, names, read_label=self.read_label, read_image=self.read_image
+                ),
+            )
 
 
 def read_list(tree: FileTree, path: str) -> list[str]:
