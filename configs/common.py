@@ -63,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
     # dataset is prepared from them on first use (`python -m segjax.data.prepare` does it
     # ahead of time). "" = the dataset must already be prepared in data_dir.
     c.dataset.manual_dir = ""
+    # RGB-D datasets (nyudv2, sunrgbd): append each image's depth map (uint16 millimetres)
+    # to its RGB bands, so models see 4-band images [B, H, W, 4] (early fusion for any 2-D
+    # model; the RGB-D models of segjax.models.RGBD_MODELS split them again). False: RGB.
+    c.dataset.depth = False
 
     c.input = ml_collections.ConfigDict()
     c.input.batch_size = 16  # global, over all devices and hosts
@@ -322,3 +326,74 @@ def deeplab_voc(version: str, arg: str | None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 2000
     c.lock()
     return c
+
+
+# What configs/nyudv2.py and configs/sunrgbd.py take as `fusion`: the model that sees the
+# 4-band RGB-D image ("fusenet": two streams; "early": SegNet), or SegNet on RGB ("none").
+RGBD_FUSIONS = ("fusenet", "early", "none")
+
+
+def rgbd_config(
+    dataset: str, num_classes: int, args: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """What the RGB-D configs share (unlocked; `args`: fusion, steps, tiny).
+
+    The model (`rgbd_model`); batch 4 of 480x640 crops, evaluation at 480x640 on the
+    `test` split; FuseNet's optimiser (its PyTorch port: SGD lr 1e-3, momentum 0.9,
+    weight decay 5e-4) with poly decay to 0 over `args.steps`.
+    """
+    c = base_config()
+    c.dataset.name = dataset
+    c.dataset.num_classes = num_classes
+    c.dataset.eval_split = "test"
+    rgbd_model(c, args.fusion, tiny=args.tiny)
+    c.input.batch_size = 4
+    c.input.eval_batch_size = 4
+    c.input.crop_size = (480, 640)
+    c.input.eval_pad_size = (480, 640)
+    c.input.worker_count = 4
+    sgd_poly(c, learning_rate=1e-3)
+    c.optimizer.end_learning_rate = 0.0
+    c.train.steps = args.steps
+    c.train.log_every = 100
+    c.train.eval_every = c.train.checkpoint_every = max(args.steps // 20, 1)
+    return c
+
+
+def rgbd_model(c: ml_collections.ConfigDict, fusion: str, tiny: bool = False) -> None:
+    """FuseNet (depth encoder summed into the RGB one), or SegNet on RGB-D / RGB.
+
+    `fusion` "fusenet" and "early" read the depth map as a fourth band
+    (`config.dataset.depth`), normalised with the per-band statistics stored when the
+    dataset was prepared (`config.input.norm_stats` "auto"); "none" is the RGB baseline
+    with ImageNet's statistics. `tiny`: the narrow variants (tests, CPU smoke runs).
+    """
+    if fusion not in RGBD_FUSIONS:
+        raise ValueError(f"fusion={fusion!r}: expected one of {RGBD_FUSIONS}")
+    c.dataset.depth = fusion != "none"
+    base = "fusenet" if fusion == "fusenet" else "segnet"
+    c.model.name = f"{base}_tiny" if tiny else ("fusenet" if base == "fusenet" else "segnet_vgg16")
+    c.model.output_stride = None
+    c.model.aux_head = False
+    c.input.photometric = False  # RGB-D images are uint16; the distortion takes 8-bit RGB
+
+
+def rgbd_smoke_run(c: ml_collections.ConfigDict) -> None:
+    """The `tiny` variant of the RGB-D configs: small crops, 4 steps, eval at 2 and 4."""
+    c.input.batch_size = 2
+    c.input.eval_batch_size = 2
+    c.input.crop_size = (24, 32)
+    c.input.base_size = (0, 0)
+    c.input.scale_range = (1.0, 1.25)
+    c.input.eval_pad_size = (32, 40)
+    c.input.worker_count = 0
+    c.eval.resize = (0, 0)
+    c.eval.label_pad_size = (0, 0)
+    c.eval.num_visualizations = 1
+    c.eval.speed_iters = 1
+    c.optimizer.warmup_steps = 0
+    c.train.steps = 4
+    c.train.log_every = 2
+    c.train.eval_every = 2
+    c.train.checkpoint_every = 2
+    c.train.async_checkpointing = False

@@ -152,7 +152,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     from segjax.data.volumes import NORMALIZATIONS
     from segjax.models.mask_rcnn import INSTANCE_MODELS
     from segjax.models.panoptic_fpn import PANOPTIC_FPN_MODELS
-    from segjax.models.registry import MODELS, VOLUME_MODELS
+    from segjax.models.registry import MODELS, RGBD_MODELS, VOLUME_MODELS
     from segjax.tasks import adversarial, levelset
     from segjax.volume_inference import BLEND_MODES
     from segjax.weights.pretrained import SCOPES
@@ -169,6 +169,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "dataset.num_classes": _int(1),
         "dataset.ignore_index": _int(),
         "dataset.manual_dir": _string(),
+        "dataset.depth": _bool(),
         "input.batch_size": _int(1),
         "input.eval_batch_size": _int(1),
         "input.crop_size": _pair(hw, 1),
@@ -185,7 +186,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "input.prefetch": _int(1),
         # Which kind (image, instance, volume model) the task needs: a cross-key rule.
         "model.name": _choice(
-            {**MODELS, **INSTANCE_MODELS, **PANOPTIC_FPN_MODELS, **VOLUME_MODELS}
+            {**MODELS, **INSTANCE_MODELS, **PANOPTIC_FPN_MODELS, **VOLUME_MODELS, **RGBD_MODELS}
         ),
         "model.output_stride": (
             lambda v: v is None or (_is_int(v) and v in OUTPUT_STRIDES),
@@ -437,6 +438,7 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 f"{v['dataset.name']!r} has {known} classes"
             )
     out += _band_problems(v)
+    out += _depth_problems(v)
     if has("input.scale_range") and v["input.scale_range"][0] > v["input.scale_range"][1]:
         out.append(
             f"config.input.scale_range={_show(v['input.scale_range'])}: expected low <= high"
@@ -530,6 +532,29 @@ def _band_problems(v: dict[str, Any]) -> list[str]:
         )
     if channels not in (0, 3):
         out += rgb_only_problems(v, f"config.model.in_channels={channels}")
+    return out
+
+
+def _depth_problems(v: dict[str, Any]) -> list[str]:
+    # Depth bands need an RGB-D dataset; the RGB-D models need depth bands.
+    from segjax.data import datasets
+    from segjax.models.registry import RGBD_MODELS
+
+    out = []
+    depth = v.get("dataset.depth", False)
+    if depth and "dataset.name" in v and not datasets.get_spec(v["dataset.name"]).depth:
+        rgbd = sorted(n for n, s in datasets.DATASETS.items() if s.depth)
+        out.append(
+            f"config.dataset.depth=True: dataset {v['dataset.name']!r} has no depth maps "
+            f"(RGB-D datasets: {rgbd})"
+        )
+    if v.get("model.name") in RGBD_MODELS and not depth:
+        out.append(
+            f"config.model.name={v['model.name']!r} is an RGB-D model: expected "
+            "config.dataset.depth=True on an RGB-D dataset (it splits RGB and depth bands)"
+        )
+    if depth:
+        out += rgb_only_problems(v, "config.dataset.depth=True (uint16 RGB-D images)")
     return out
 
 

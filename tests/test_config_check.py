@@ -26,6 +26,7 @@ BAD_VALUES = [
     ("dataset.num_classes", 0, "integer >= 1"),
     ("dataset.ignore_index", 2.5, "an integer"),
     ("dataset.manual_dir", None, "a string"),
+    ("dataset.depth", 1, "True or False"),
     ("input.batch_size", 0, "integer >= 1"),
     ("input.eval_batch_size", -8, "integer >= 1"),
     ("input.crop_size", (64,), "(height, width), 2 values: integers >= 1"),
@@ -226,6 +227,7 @@ def _config_files():
     args["levelset_shapes"] = [None, "tiny", "baseline"]
     args["deeplabv1_voc"] = args["deeplabv2_voc"] = [None, "aug"]
     args["distill_shapes"] = [None, "tiny", "teacher", "features=s16"]
+    args["nyudv2"] = args["sunrgbd"] = [None, "fusion=early", "fusion=none", "tiny"]
     return [(n, a) for n in names for a in args.get(n, [None])]
 
 
@@ -343,6 +345,23 @@ def test_json_lists_and_absent_keys_are_fine():
         (
             {"model.in_channels": 12, "eval.crf.enabled": True},
             "crf.enabled=True: expected False with config.model.in_channels=12",
+        ),
+        (
+            {"dataset.depth": True},
+            "dataset 'segjax_shapes' has no depth maps (RGB-D datasets: ['nyudv2', 'sunrgbd'])",
+        ),
+        (
+            {"dataset.name": "nyudv2", "dataset.num_classes": 40, "model.name": "fusenet_tiny"},
+            "'fusenet_tiny' is an RGB-D model: expected config.dataset.depth=True",
+        ),
+        (
+            {
+                "dataset.name": "nyudv2",
+                "dataset.num_classes": 40,
+                "dataset.depth": True,
+                "input.photometric": True,
+            },
+            "photometric=True: expected False with config.dataset.depth=True",
         ),
     ],
 )

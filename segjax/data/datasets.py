@@ -59,6 +59,8 @@ class DatasetSpec:
       is_prepared: `(data_dir, config_name) -> bool`.
       files: what the user must get for a real dataset; "" for a built-in one.
       configs: the builder config names ("" = any name, for `folder`).
+      depth: an RGB-D dataset: its records hold a `depth` map (uint16 millimetres),
+        appended to the image as a fourth band with `config.dataset.depth`.
       images: the bands of its images when they are known without the prepared data
         (8-bit RGB by default); None: read from the prepared data's metadata
         (`segjax.data.bands`), as for `folder`, whose images may have any bands.
@@ -71,6 +73,7 @@ class DatasetSpec:
     files: str = ""
     configs: tuple[str, ...] = ("default",)
     images: bands.ImageInfo | None = bands.RGB8
+    depth: bool = False
 
     @property
     def builtin(self) -> bool:
@@ -83,9 +86,11 @@ def _real(
     files: str,
     configs: tuple[str, ...] = ("default",),
     images: bands.ImageInfo | None = bands.RGB8,
+    depth: bool = False,
 ) -> DatasetSpec:
     return DatasetSpec(
         images=images,
+        depth=depth,
         prepare=module.prepare,
         class_names=tuple(getattr(module, "CLASS_NAMES", ())),
         palette=tuple(tuple(c) for c in getattr(module, "PALETTE", ())),
@@ -147,11 +152,13 @@ DATASETS: dict[str, DatasetSpec] = {
     "nyudv2": _real(
         nyudv2,
         f"{nyudv2.MAT_FILE}, {nyudv2.SPLITS_FILE} and {nyudv2.MAPPING_FILE} (one folder)",
+        depth=True,
     ),
     "sunrgbd": _real(
         sunrgbd,
         "SUN RGB-D converted by ESANet's prepare_dataset.py: {train,test}_{rgb,depth,label}.txt "
         "and the frames they list",
+        depth=True,
     ),
     "folder": _real(
         folder,
@@ -318,10 +325,32 @@ def thing_classes(dataset_config: ml_collections.ConfigDict) -> tuple[bool, ...]
 def image_info(dataset_config: ml_collections.ConfigDict) -> bands.ImageInfo:
     """The bands of `config.dataset`'s images (`segjax.data.bands`): the spec's when it
     knows them, else from the prepared data's metadata (preparing it if it can)."""
+    if dataset_config.get("depth", False):
+        return rgbd_image_info(dataset_config)
     known = get_spec(dataset_config.name).images
     if known is not None:
         return known
     return bands.image_info(prepared_builder(dataset_config).info.metadata)
+
+
+def rgbd_image_info(dataset_config: ml_collections.ConfigDict) -> bands.ImageInfo:
+    """The 4-band uint16 images (R, G, B in 0-255, depth in mm) of an RGB-D dataset, with
+    the per-band statistics its preparation stored (`rgbd_band_mean`, `rgbd_band_std`).
+
+    Raises:
+      ValueError: the dataset has no depth maps.
+    """
+    name = dataset_config.name
+    if not get_spec(name).depth:
+        rgbd = sorted(n for n, s in DATASETS.items() if s.depth)
+        raise ValueError(
+            f"config.dataset.depth=True: dataset {name!r} has no depth maps (RGB-D: {rgbd})"
+        )
+    metadata = prepared_builder(dataset_config).info.metadata
+    mean, std = metadata.get("rgbd_band_mean"), metadata.get("rgbd_band_std")
+    if mean is None or std is None:
+        return bands.ImageInfo(4, "uint16")
+    return bands.ImageInfo(4, "uint16", tuple(map(float, mean)), tuple(map(float, std)))
 
 
 def resolve_inputs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

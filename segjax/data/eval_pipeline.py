@@ -75,7 +75,9 @@ class EvalSample(grain.MapTransform):
         mean: Sequence[float],
         std: Sequence[float],
         ignore_index: int,
+        depth: bool = False,
     ):
+        self.depth = depth
         self.pad_size = tuple(pad_size)
         self.label_pad_size = tuple(label_pad_size)
         self.resize = tuple(resize) if resize else None
@@ -83,7 +85,7 @@ class EvalSample(grain.MapTransform):
         self.ignore_index = ignore_index
 
     def map(self, element):
-        sample = transforms.decode_record(element["record"])
+        sample = transforms.decode_record(element["record"], depth=self.depth)
         h, w = sample["label"].shape
         if h > self.label_pad_size[0] or w > self.label_pad_size[1]:
             raise ValueError(
@@ -150,6 +152,7 @@ def eval_batches(
             mean=ic.mean,
             std=ic.std,
             ignore_index=ignore_index,
+            depth=config.dataset.get("depth", False),
         ),
         grain.Batch(per_process_batch, drop_remainder=False),
     ]

@@ -54,7 +54,7 @@ def train_loader(
         seed=seed,
     )
     operations = [
-        transforms.DecodeRecord(),
+        transforms.DecodeRecord(depth=config.dataset.get("depth", False)),
         transforms.TrainAugment(
             crop_size=ic.crop_size,
             scale_range=ic.scale_range,

@@ -3,8 +3,8 @@
     python -m segjax.data.prepare --dataset NAME --manual_dir PATH [--config C] [--data_dir D]
 
 `NAME` is a key of `segjax.data.datasets.DATASETS` (voc, cityscapes, ade20k, camvid,
-pascal_context, folder, segjax_shapes); `PATH` holds the dataset's archives and/or their
-extracted folders (see the README's "Datasets" section); `D` defaults to
+pascal_context, nyudv2, sunrgbd, folder, segjax_shapes, ...); `PATH` holds the dataset's
+archives and/or their extracted folders (see the README's "Datasets" section); `D` defaults to
 $SEGJAX_DATA_DIR or ~/.cache/segjax/datasets, which is also what training reads. Nothing
 is downloaded. Preparing an already prepared dataset does nothing. It prints the split
 sizes and the config flags that train on it.

@@ -24,13 +24,26 @@ Sample = dict[str, Any]
 INSTANCE_KEYS = ("instances", "objects")
 
 
-def decode_record(record: dict[str, Any]) -> Sample:
+def decode_record(record: dict[str, Any], *, depth: bool = False) -> Sample:
     """A tfds record -> `{"image": [H,W,C] as stored, "label": int32 [H,W]}`.
 
     An instance dataset's record also keeps its `INSTANCE_KEYS`; one without a semantic
-    label (COCO instances) gets an all-zero `label`.
+    label (COCO instances) gets an all-zero `label`. With `depth` (an RGB-D record:
+    `depth` uint16 [H, W, 1], millimetres), the image becomes uint16 [H, W, 4]: R, G, B
+    (0-255) and depth (`config.dataset.depth`).
+
+    Raises:
+      ValueError: `depth` is set and the record has no depth map.
     """
     image = np.asarray(record["image"])
+    if depth:
+        if "depth" not in record:
+            raise ValueError(
+                "config.dataset.depth=True but the dataset's records hold no 'depth' map "
+                "(RGB-D datasets: nyudv2, sunrgbd)"
+            )
+        depth_map = np.asarray(record["depth"]).reshape((*image.shape[:2], 1))
+        image = np.concatenate([image.astype(np.uint16), depth_map.astype(np.uint16)], axis=-1)
     label = np.asarray(record["label"]) if "label" in record else np.zeros(image.shape[:2])
     if label.ndim == 3:
         label = label[..., 0]
@@ -202,10 +215,13 @@ def normalize(sample: Sample, mean: Sequence[float], std: Sequence[float]) -> Sa
 
 
 class DecodeRecord(grain.MapTransform):
-    """grain op: tfds record -> sample."""
+    """grain op: tfds record -> sample (RGB-D records: depth as a 4th band with `depth`)."""
+
+    def __init__(self, *, depth: bool = False):
+        self.depth = depth
 
     def map(self, element):
-        return decode_record(element)
+        return decode_record(element, depth=self.depth)
 
 
 class TrainAugment(grain.RandomMapTransform):

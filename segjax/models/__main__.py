@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from segjax.models.registry import MODELS, build_model
+from segjax.models.registry import MODELS, RGBD_MODELS, build_model
 
 
 def param_count(variables) -> int:
@@ -49,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--aux-head", action="store_true", help="count the auxiliary head too")
     parser.add_argument("names", nargs="*", help="models to list (default: all)")
     args = parser.parse_args(argv)
-    shape = (1, *args.size, 3)
-    for name in args.names or sorted(MODELS):
+    for name in args.names or [*sorted(MODELS), *sorted(RGBD_MODELS)]:
         kwargs = {"aux_head": True} if args.aux_head and name != "pixel_mlp" else {}
         model = build_model(name, num_classes=args.num_classes, **kwargs)
+        shape = (1, *args.size, 4 if name in RGBD_MODELS else 3)  # RGB-D: RGB + depth
         variables = abstract_variables(model, shape)
         line = f"{name:28s} {param_count(variables):>12,d} params"
         if args.flops:

@@ -25,6 +25,21 @@ def test_nyudv2_layout_mapping_split_and_depth(tmp_path):
     meta = builder.info.metadata
     assert meta["num_classes"] == 40 and meta["depth_unit"] == "mm"
     assert {s: i.num_examples for s, i in builder.info.splits.items()} == {"train": 4, "test": 2}
+    # Per-band statistics of the train frames' RGB-D pixels (R, G, B 0-255; depth mm).
+    train = np.array([0, 2, 3, 5])
+    stacked = (
+        np.concatenate(
+            [
+                files["rgb"][train],
+                np.rint(files["depth"][train].astype(np.float64) * 1000)[..., None],
+            ],
+            axis=-1,
+        )
+        .reshape(-1, 4)
+        .astype(np.float64)
+    )
+    np.testing.assert_allclose(meta["rgbd_band_mean"], stacked.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(meta["rgbd_band_std"], stacked.std(0), rtol=1e-9)
     for split, frames in (("train", (1, 3, 4, 6)), ("test", (2, 5))):
         records = _records(builder, split)
         assert [r["id"].decode() if isinstance(r["id"], bytes) else r["id"] for r in records] == [

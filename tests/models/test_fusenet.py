@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from segjax.models import build_model
-from segjax.models.__main__ import abstract_variables, param_count
+from segjax.models.__main__ import abstract_variables, main, param_count
 from segjax.models.registry import MODELS, RGBD_MODELS
 from tests.models.gradients import dead_parameters, train_gradients
 
@@ -44,13 +44,15 @@ def test_parameter_count_matches_the_reference_layer_list():
     assert total - param_count(abstract_variables(segnet, (1, 65, 65, 3))) == depth_encoder
 
 
-def test_registered_apart_from_rgb_models():
+def test_registered_apart_from_rgb_models(capsys):
     assert {"fusenet", "fusenet_tiny"} <= set(RGBD_MODELS)
     assert not set(RGBD_MODELS) & set(MODELS)
     with pytest.raises(ValueError, match="RGB-D images"):
         abstract_variables(build_model("fusenet_tiny", num_classes=3), (1, 32, 32, 3))
     with pytest.raises(ValueError, match="output_stride"):
         build_model("fusenet_tiny", num_classes=3, output_stride=8)
+    main(["--num-classes", "40", "fusenet"])  # `python -m segjax.models`: a 4-band input
+    assert capsys.readouterr().out.split() == ["fusenet", "44,188,072", "params"]
 
 
 def test_tiny_contract_odd_sizes_and_gradients():

@@ -183,7 +183,7 @@ class SegjaxNyudv2(rgbd.RgbdBuilder):
         mat.close()
         frames = read_splits(splits_path, num_frames)
         return {
-            split: self._generate_examples(mat_path, indices, lut)
+            split: self.with_rgbd_stats(split, self._generate_examples(mat_path, indices, lut))
             for split, indices in frames.items()
         }
 

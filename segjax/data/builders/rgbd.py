@@ -7,6 +7,11 @@ Every record is ``{"image": uint8 [H, W, 3], "depth": uint16 [H, W, 1], "label":
 dataset (values in ``[0, num_classes)``, 255 = void). ``builder.info.metadata`` adds
 ``depth_unit = "mm"`` to the usual ``num_classes``, ``class_names``, ``palette``.
 
+Preparing also stores the per-band mean and standard deviation of the ``train`` split's
+RGB-D images (R, G, B in 0-255 and depth in mm, every pixel counted) as
+``rgbd_band_mean`` / ``rgbd_band_std``: the normalisation of ``config.dataset.depth``
+runs (``config.input.norm_stats = "auto"``).
+
 A triple whose depth is missing, whose RGB, depth and label sizes differ, whose depth
 is not finite, negative or beyond 65.535 m, or whose label holds a value that is not a
 class, is an error naming the file (and the values).
@@ -14,12 +19,13 @@ class, is an error naming the file (and the values).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segjax.data import bands
 from segjax.data.builders import from_files
 
 # The largest depth a uint16 PNG in millimetres holds.
@@ -38,6 +44,25 @@ class RgbdBuilder(from_files.FromFilesBuilder, skip_registration=True):
 
     def extra_metadata(self) -> dict:
         return {"depth_unit": "mm"}
+
+    def with_rgbd_stats(self, split: str, examples: Iterator[tuple[str, dict]]) -> Iterator:
+        """Passes `examples` through; for ``train``, adds their RGB-D band statistics to
+        the metadata (which tfds writes once every split is generated)."""
+        if split != "train":
+            yield from examples
+            return
+        stats = bands.BandStats(4)
+        for key, example in examples:
+            stats.add(decode_rgbd(example))
+            yield key, example
+        self.info.metadata.update(rgbd_band_mean=list(stats.mean), rgbd_band_std=list(stats.std))
+
+
+def decode_rgbd(example: dict) -> np.ndarray:
+    """A record written by `encode_rgbd` -> uint16 [H, W, 4]: R, G, B (0-255), depth (mm)."""
+    rgb = cv2.imdecode(np.frombuffer(example["image"], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    depth = cv2.imdecode(np.frombuffer(example["depth"], np.uint8), cv2.IMREAD_UNCHANGED)
+    return np.concatenate([rgb.astype(np.uint16), depth[..., None]], axis=-1)
 
 
 def depth_metres_to_mm(depth: np.ndarray, name: str) -> np.ndarray:

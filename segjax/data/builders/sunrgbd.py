@@ -146,7 +146,10 @@ class SegjaxSunrgbd(rgbd.RgbdBuilder):
         for split, triples in splits.items():
             if not triples:
                 raise ValueError(f"{self.name}: split {split!r} is empty in {tree.describe()}")
-        return {split: self._generate_examples(tree, t) for split, t in splits.items()}
+        return {
+            split: self.with_rgbd_stats(split, self._generate_examples(tree, t))
+            for split, t in splits.items()
+        }
 
     def _generate_examples(
         self, tree: from_files.FileTree, triples: list[tuple[str, ...]]
