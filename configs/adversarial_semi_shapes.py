@@ -39,16 +39,9 @@ def get_config(arg: str | None = None):
     a.semi_threshold = 0.2
     a.semi_start_step = 500
     a.learning_rate = 1e-4
-    a.labelled_fraction = args.fraction
-    common.shapes_64(c)
-    c.input.batch_size = 16
-    a.unlabelled_batch_size = 16
+    common.semi_supervised_shapes(c, args.fraction, tiny=args.tiny, steps=args.steps)
     if args.tiny:
-        common.smoke_run(c)
-        a.unlabelled_batch_size = 8  # smoke_run's labelled batch: all 8 labelled images
         a.semi_start_step = 2
-    if args.steps:
-        c.train.steps = args.steps
     if args.baseline:
         a.adv_weight = 0.0
         a.unlabelled_batch_size = 0

@@ -37,17 +37,8 @@ def get_config(arg: str | None = None):
     a.adv_weight = args.weight
     a.semi_weight = 0.0  # Hung et al.'s term: not Souly's
     a.learning_rate = 2e-4
-    a.labelled_fraction = args.fraction
-    common.shapes_64(c)
-    c.input.batch_size = 16
-    a.unlabelled_batch_size = 16
-    a.generated_batch_size = 16
-    if args.tiny:
-        common.smoke_run(c)
-        a.unlabelled_batch_size = 8
-        a.generated_batch_size = 8
-    if args.steps:
-        c.train.steps = args.steps
+    common.semi_supervised_shapes(c, args.fraction, tiny=args.tiny, steps=args.steps)
+    a.generated_batch_size = a.unlabelled_batch_size  # 16 (8 with `tiny`)
     if args.baseline:
         a.adv_weight = 0.0
         a.unlabelled_batch_size = 0

@@ -275,6 +275,23 @@ def panoptic_shapes_64(c: ml_collections.ConfigDict) -> None:
     c.input.scale_range = (0.75, 1.25)
 
 
+def semi_supervised_shapes(
+    c: ml_collections.ConfigDict, fraction: float, *, tiny: bool = False, steps: int = 0
+) -> None:
+    """`shapes_64` for semi-supervised training (`c.adversarial` set): a random `fraction`
+    of the training split keeps its labels; 16 labelled + 16 unlabelled images a step.
+    `tiny`: `smoke_run`'s data, 8 + 8 images; `steps` > 0 sets the step count."""
+    c.adversarial.labelled_fraction = fraction
+    shapes_64(c)
+    c.input.batch_size = 16
+    c.adversarial.unlabelled_batch_size = 16
+    if tiny:
+        smoke_run(c)
+        c.adversarial.unlabelled_batch_size = 8  # smoke_run's labelled batch: 8 images
+    if steps:
+        c.train.steps = steps
+
+
 # DeepLab's dense CRF settings: the parameters of the authors' released scripts for PASCAL
 # VOC 2012 (v1 LargeFOV: run_pascal.sh; v2 ResNet-101: run_densecrf.sh), 10 iterations.
 DEEPLAB_CRF = {
