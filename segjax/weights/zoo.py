@@ -575,6 +575,26 @@ MMSEG_OCR_HEAD_RULES = [
     _module("head/fuse", _OCR + ".bottleneck"),
     Rule("head/classifier/conv", "decode_head.1.conv_seg"),
 ]
+# mmseg's ocrnet_r*-d8: the same cascade on ResNetV1c at output stride 8, decode_head.0 a 3x3
+# FCN head (1024 -> 256) on stage 3, decode_head.1 the OCR head on stage 4.
+for _depth in (50, 101):
+    _add(
+        Conversion(
+            "mmseg",
+            f"ocrnet_r{_depth}-d8",
+            Layout(
+                [
+                    *scoped(RESNET_V1C_MMSEG_RULES, "backbone/", "backbone."),
+                    *MMSEG_OCR_HEAD_RULES,
+                ]
+            ),
+            model=f"ocrnet_r{_depth}_d8",
+            classifier="decode_head.1.conv_seg.weight",
+            aux_prefix="decode_head.0.",
+            description=f"mmsegmentation ocrnet_r{_depth}-d8 checkpoint (both cascaded heads) -> "
+            f"segjax ocrnet_r{_depth}_d8 with aux_head (the soft object regions)",
+        )
+    )
 for _width in ("18s", "18", "48"):
     _add(
         Conversion(

@@ -465,6 +465,11 @@ def build(name: str, kwargs: dict):
         )
         return model, model
     aux_head = FCNHead(1024, 256, k, num_convs=1, concat_input=False, in_index=2) if aux else None
+    if arch == "ocrnet":  # CascadeEncoderDecoder: that FCN head, then OCR on stage 4
+        heads = [FCNHead(1024, 256, k, num_convs=1, concat_input=False, in_index=2)]
+        heads.append(OCRHead(2048, 512, 256, k, in_index=3))
+        model = CascadeEncoderDecoder(ResNetV1c(depth, 8), heads)
+        return model, model
     if arch == "fpn":
         model = EncoderDecoder(ResNetV1c(depth, 32), FPNHead(128, k), neck=FPN())
         return model, model

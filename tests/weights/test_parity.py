@@ -4,9 +4,8 @@ PyTorch builds each reference model with random weights and random BatchNorm sta
 (``torch_reference.py``, in ``$SEGJAX_TORCH_PYTHON``), writes its state dict and its
 outputs at an odd input size (37x45; timm's HRNets 61x93) in eval mode; segjax converts
 the file without PyTorch (``segjax.weights``), runs the same input, and must agree to
-``1e-4`` of the
-outputs' largest magnitude, in float32. Backbones compare all four (five for VGG) feature
-maps, segmentation models their logits and auxiliary logits.
+``1e-4`` of the outputs' largest magnitude, in float32. Backbones compare all four (five
+for VGG) feature maps, segmentation models their logits and auxiliary logits.
 
 The default suite runs a cheap representative of each reader and layout family (a
 torchvision ResNet-18 backbone from a zip ``.pth``, a timm ResNet-18 from ``.safetensors``,
@@ -246,6 +245,8 @@ CASES = [
             "ocrnet_hr18s",
             "ocrnet_hr18",
             "ocrnet_hr48",
+            "ocrnet_r50-d8",
+            "ocrnet_r101-d8",
         )
     ],
 ]
