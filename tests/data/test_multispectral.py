@@ -280,7 +280,8 @@ def test_train_eval_and_predict_on_band_tiles(tmp_path, channels, dtype):
     with open(tmp_path / "export" / "model.jax_export", "rb") as f:
         exported = jax.export.deserialize(f.read())
     variables = read_pretrained(str(tmp_path / "export" / "variables.msgpack"))[0]
-    canvas = np.zeros((1, 32, 32, channels), np.float32)
+    # eval.py --images pads the normalised image with 0: the band means in stored units.
+    canvas = np.tile(np.asarray(saved.input.mean, np.float32), (1, 32, 32, 1))
     canvas[0, :H, :W] = tiles["t5"]
     probs = np.asarray(exported.call(variables, canvas))
     assert probs.shape == (1, 32, 32, 2)

@@ -1,9 +1,9 @@
 """Every 2-D model takes any number of input bands (multispectral, RGB-D): forward passes
 at 4 or 12 bands, whose logits depend on every band.
 
-A representative subset (one of each stem kind: plain conv, max-unpooling encoder, ENet's
-initial block, BiSeNet's two paths, HRNet, VGG + ReNet) runs by default; every registered
-``*_tiny`` 2-D model runs under ``-m slow``.
+A representative subset (a plain conv stem, ResNet's, ENet's initial block) runs by
+default; max-unpooling (SegNet), BiSeNet's two paths, HRNet and every registered
+``*_tiny`` 2-D model run under ``-m slow``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ ALL_TINY = sorted(m for m in MODELS if m.endswith("_tiny") and m not in RGB_ONLY
 SUBSET = [
     ("unet_tiny", 4),
     ("deeplabv3plus_tiny", 12),
-    ("segnet_tiny", 4),
     ("enet_tiny", 12),
-    ("bisenetv1_tiny", 4),
-    ("fcn_hr_tiny", 4),
+    pytest.param("segnet_tiny", 4, marks=pytest.mark.slow),
+    pytest.param("bisenetv1_tiny", 4, marks=pytest.mark.slow),
+    pytest.param("fcn_hr_tiny", 4, marks=pytest.mark.slow),
 ]
 
 
