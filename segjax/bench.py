@@ -55,7 +55,7 @@ import ml_collections
 import numpy as np
 
 from segjax import evaluation, sharding, train_lib
-from segjax.data import pipeline
+from segjax.data import bands, pipeline
 from segjax.data.datasets import get_spec
 
 # Dense peak TFLOP/s per chip, by `device_kind` substring (first match wins), for the
@@ -181,12 +181,14 @@ def _median_seconds(fn: Callable[[], Any], steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def synthetic_batch(batch: int, size: Sequence[int], num_classes: int, seed: int = 0) -> dict:
-    """A random batch: `image` float32 [B, H, W, 3] ~ N(0, 1), `label` int32 [B, H, W]."""
+def synthetic_batch(
+    batch: int, size: Sequence[int], num_classes: int, seed: int = 0, channels: int = 3
+) -> dict:
+    """A random batch: `image` float32 [B, H, W, C] ~ N(0, 1), `label` int32 [B, H, W]."""
     rng = np.random.default_rng(seed)
     h, w = size
     return {
-        "image": rng.standard_normal((batch, h, w, 3), dtype=np.float32),
+        "image": rng.standard_normal((batch, h, w, channels), dtype=np.float32),
         "label": rng.integers(0, num_classes, (batch, h, w), dtype=np.int32),
     }
 
@@ -332,7 +334,13 @@ def run_benchmark(
     elif instance:  # boxes, classes, masks and validity of instances
         host_batch = run.task.example_batch(batch_size, config.seed)
     else:
-        host_batch = synthetic_batch(batch_size, size, config.dataset.num_classes, config.seed)
+        host_batch = synthetic_batch(
+            batch_size,
+            size,
+            config.dataset.num_classes,
+            config.seed,
+            channels=bands.input_channels(run.config),
+        )
     device_batch = sharding.shard_batch(host_batch, mesh)
 
     start = time.perf_counter()

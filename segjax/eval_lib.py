@@ -198,9 +198,10 @@ def run_evaluation(
 def read_image(path: str, channels: int = 3) -> np.ndarray:
     """The pixels [H, W, C] of an image file for a model of `channels` input bands.
 
-    3 bands: uint8 RGB of any format Pillow reads, rotated as its EXIF orientation says.
-    Otherwise a (multi-band) TIFF, read with all its bands as stored
-    (`segjax.data.builders.folder.read_bands`); another band count is an error.
+    3 bands: uint8 RGB of any format Pillow reads, rotated as its EXIF orientation says
+    (a 3-band TIFF of other than 8 bits: as stored). Other band counts: a multi-band TIFF
+    with all its bands as stored (`from_files.read_bands`, as the folder builder reads
+    it); a file of another band count is an error.
     """
     if channels == 3 and not path.lower().endswith((".tif", ".tiff")):
         with Image.open(path) as img:
@@ -209,12 +210,12 @@ def read_image(path: str, channels: int = 3) -> np.ndarray:
 
     with open(path, "rb") as f:
         image = from_files.read_bands(f.read(), path)
-    if channels == 3 and image.shape[-1] in (1, 3, 4) and image.dtype == np.uint8:
-        with Image.open(path) as img:  # an ordinary RGB(A)/grey TIFF
+    if image.shape[-1] == channels and not (channels == 3 and image.dtype == np.uint8):
+        return image  # the bands as a multi-band folder stores them
+    if channels == 3:  # an ordinary RGB(A) or grey TIFF
+        with Image.open(path) as img:
             return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-    if image.shape[-1] != channels:
-        raise ValueError(f"{image.shape[-1]} bands; the model takes {channels}")
-    return image
+    raise ValueError(f"{image.shape[-1]} bands; the model takes {channels}")
 
 
 def expand_patterns(patterns: Sequence[str]) -> list[str]:

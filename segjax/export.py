@@ -8,8 +8,9 @@ The exported function is the eval-mode model of a checkpoint (``--step``: ``late
 ``best`` or a number), whole-image inference at a fixed size (``--size``; default the
 config's ``input.eval_pad_size``):
 
-- input ``images``: float32 ``[B, H, W, 3]``, RGB pixel values in 0-255; the config's
-  ``input.mean`` / ``input.std`` normalisation is part of the exported program;
+- input ``images``: float32 ``[B, H, W, C]``, pixel values in the dataset's stored units
+  (RGB: 0-255; C = the run's ``model.in_channels``, e.g. 12 for a 12-band folder); the
+  config's ``input.mean`` / ``input.std`` normalisation is part of the exported program;
 - output: ``--outputs probs`` float32 ``[B, H, W, K]`` (softmax over the classes; a
   classification task: ``[B, K]``), or ``argmax`` int32 ``[B, H, W]`` (``[B]``);
 - ``--batch N``: a fixed batch of N; ``--batch 0``: any batch size (shape-polymorphic).
@@ -54,13 +55,14 @@ def load_checkpoint(workdir: str, step: str = "latest"):
     run, step_number, state = eval_lib.restore(
         config, os.path.join(workdir, "checkpoints"), step, mesh
     )
-    return config, run.task, step_number, jax.device_get(base.variables(state))
+    # run.config: the input bands resolved (a config saved before they were is RGB).
+    return run.config, run.task, step_number, jax.device_get(base.variables(state))
 
 
 def serving_function(
     model: Any, config, outputs: str = "probs"
 ) -> Callable[[Any, jax.Array], jax.Array]:
-    """``f(variables, images 0-255 [B, H, W, 3]) -> probs or argmax``, eval mode, float32."""
+    """``f(variables, images [B, H, W, C] (0-255 for RGB)) -> probs or argmax``, eval mode."""
     if outputs not in OUTPUTS:
         raise ValueError(f"--outputs must be one of {OUTPUTS}, got {outputs!r}")
     mean = np.asarray(config.input.mean, np.float32)
@@ -76,13 +78,13 @@ def serving_function(
     return f
 
 
-def _input_shape(batch: int, size: Sequence[int]) -> tuple:
+def _input_shape(batch: int, size: Sequence[int], channels: int = 3) -> tuple:
     if batch < 0:
         raise ValueError(f"--batch must be >= 0 (0: any batch size), got {batch}")
     if batch == 0:
         (b,) = jax.export.symbolic_shape("b")
-        return (b, int(size[0]), int(size[1]), 3)
-    return (batch, int(size[0]), int(size[1]), 3)
+        return (b, int(size[0]), int(size[1]), channels)
+    return (batch, int(size[0]), int(size[1]), channels)
 
 
 def export_stablehlo(f, variables, shape, out: str, platforms: Sequence[str] | None) -> list[str]:
@@ -109,13 +111,13 @@ def export_savedmodel(f, variables, shape, out: str) -> list[str]:
     from jax.experimental import jax2tf
 
     batch = None if not isinstance(shape[0], int) else shape[0]
-    polymorphic = None if batch is not None else f"(b, {shape[1]}, {shape[2]}, 3)"
+    polymorphic = None if batch is not None else f"(b, {shape[1]}, {shape[2]}, {shape[3]})"
     tf_fn = jax2tf.convert(f, polymorphic_shapes=[None, polymorphic], with_gradient=False)
     module = tf.Module()
     module.variables_tree = tf.nest.map_structure(tf.Variable, variables)
 
     @tf.function(
-        input_signature=[tf.TensorSpec((batch, shape[1], shape[2], 3), tf.float32, "images")],
+        input_signature=[tf.TensorSpec((batch, *shape[1:]), tf.float32, "images")],
         autograph=False,
     )
     def serve(images):
@@ -169,7 +171,10 @@ def export_workdir(
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     config, task, step_number, variables = load_checkpoint(workdir, step)
     size = tuple(size or config.input.eval_pad_size)
-    shape = _input_shape(batch, size)
+    from segjax.data import bands
+
+    channels = bands.input_channels(config)
+    shape = _input_shape(batch, size, channels)
     f = serving_function(task.model, config, outputs)
     out = output or os.path.join(workdir, "export", fmt)
     os.makedirs(out, exist_ok=True)
@@ -187,9 +192,10 @@ def export_workdir(
         "task": config.get("task", "semantic"),
         "input": {
             "name": "images",
-            "shape": [None if batch == 0 else batch, size[0], size[1], 3],
+            "shape": [None if batch == 0 else batch, size[0], size[1], channels],
             "dtype": "float32",
-            "range": "RGB 0-255 (normalised inside with input.mean / input.std)",
+            "range": ("RGB 0-255" if channels == 3 else f"{channels} bands in the dataset's units")
+            + " (normalised inside with input.mean / input.std)",
         },
         "outputs": outputs,
         "num_classes": config.dataset.num_classes,

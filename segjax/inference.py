@@ -7,7 +7,7 @@ Every function here is pure jnp with static shapes, built around an `apply_fn(im
 - `sliding_window_logits`: windows of `crop_size` every `stride` pixels (the last row
   and column of windows are moved back to touch the border, as in mmsegmentation's
   `slide_inference`); all windows of all images of the batch go through the model as
-  one batch `[B * N, h, w, 3]`, and the overlapping logits are averaged, optionally with
+  one batch `[B * N, h, w, C]`, and the overlapping logits are averaged, optionally with
   a Gaussian weight that trusts window centres more than their borders (nnU-Net).
 - `predict`: any combination of the above with multi-scale and horizontal-flip TTA.
   One view returns its logits; several views return the mean of their softmax
@@ -102,7 +102,7 @@ class InferenceMode:
 
 
 def whole_logits(apply_fn: ApplyFn, images: jax.Array) -> jax.Array:
-    """`apply_fn` on the whole batch: [B, H, W, 3] -> logits [B, H, W, K] float32."""
+    """`apply_fn` on the whole batch: [B, H, W, C] -> logits [B, H, W, K] float32."""
     return apply_fn(images).astype(jnp.float32)
 
 
@@ -139,13 +139,13 @@ def sliding_window_logits(
     """Logits of overlapping windows, averaged where they overlap.
 
     Args:
-      apply_fn: `[b, h, w, 3] -> [b, h, w, K]` logits.
-      images: [B, H, W, 3]. Images smaller than the crop are zero-padded up to it (the
+      apply_fn: `[b, h, w, C] -> [b, h, w, K]` logits.
+      images: [B, H, W, C]. Images smaller than the crop are zero-padded up to it (the
         padding's logits are cut off again).
       crop_size: window (h, w).
       stride: window step (h, w).
       gaussian: weight each window's logits by `gaussian_weights(crop_size)`.
-      window_sharding: optional sharding of the `[B * N, h, w, 3]` window batch (the
+      window_sharding: optional sharding of the `[B * N, h, w, C]` window batch (the
         batch axis over the mesh's data axis), so windows are spread over all devices.
 
     Returns:
@@ -207,7 +207,7 @@ def _mirror(x: jax.Array) -> jax.Array:
 def predict(
     apply_fn: ApplyFn, images: jax.Array, mode: InferenceMode, *, window_sharding: Any = None
 ) -> jax.Array:
-    """Class scores [B, H, W, K] of `images` [B, H, W, 3] in `mode`, at input resolution.
+    """Class scores [B, H, W, K] of `images` [B, H, W, C] in `mode`, at input resolution.
 
     Each scale `s` resizes the batch (bilinear) to `round(H s) x round(W s)`, predicts it
     (and its mirror image when `mode.flip`, whose scores are mirrored back) and resizes
@@ -333,7 +333,7 @@ def make_predict_fn(
     image_mean: Sequence[float] = (0.0, 0.0, 0.0),
     image_std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Callable:
-    """`predict_fn(variables, images [B, H, W, 3]) -> scores [B, H, W, K]` (pure, jittable).
+    """`predict_fn(variables, images [B, H, W, C]) -> scores [B, H, W, K]` (pure, jittable).
 
     `variables` are `{"params", "batch_stats"}`; the model runs in eval mode. With
     `crf_params`, the scores are refined by the dense CRF (`crf_refine`, whose colours

@@ -180,8 +180,8 @@ def folder_examples(
 
     def reader(pair: from_files.Pair):
         def read():
-            image_name = tree.origin(pair.image)
-            _, image_size = from_files.decode_image(tree.read(pair.image), image_name)
+            # The builder's reader: multi-band images too, and their bands checked.
+            _, image_size = builder.read_image(tree, pair.image)
             return image_size, tree.origin(pair.label), builder.read_label(tree, pair.label)
 
         return read
@@ -218,10 +218,16 @@ def audit_folder(
 ) -> list[SplitAudit]:
     """Audits a user's folder (README layout) without preparing it."""
     class_names = folder.read_class_names(manual_dir)
+    first, (channels, dtype) = folder.first_image(manual_dir)
     with tempfile.TemporaryDirectory() as scratch:
         builder = folder.SegjaxFolder(
             config=folder.FolderConfig(
-                name="audit", class_names=class_names, val_fraction=val_fraction
+                name="audit",
+                class_names=class_names,
+                val_fraction=val_fraction,
+                image_channels=channels,
+                image_dtype=dtype,
+                bands_of=first,
             ),
             data_dir=scratch,
         )

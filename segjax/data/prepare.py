@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from segjax.data import datasets
+from segjax.data import bands, datasets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     for split, info in builder.info.splits.items():
         print(f"  {split}: {info.num_examples} examples")
     print(f"  {meta['num_classes']} classes: {', '.join(meta['class_names'])}")
+    info = bands.image_info(meta)
+    if not info.is_rgb8:
+        print(
+            f"  {info.channels}-band {info.dtype} images; per-band mean/std stored "
+            "(train with --config.input.photometric=False: it is for 8-bit RGB)"
+        )
     flags = [
         f"--config.dataset.name={args.dataset}",
         f"--config.dataset.num_classes={meta['num_classes']}",

@@ -48,6 +48,12 @@ class CRFasRNN(nn.Module):
     @nn.compact
     def __call__(self, image: Array, *, train: bool) -> dict[str, Array]:
         """``image`` [B, H, W, 3] normalised -> the segmentor's outputs, CRF ``logits``."""
+        if image.shape[-1] != len(self.mean):
+            raise ValueError(
+                f"CRF-as-RNN takes RGB images (its appearance kernel compares colours in "
+                f"0-255): got {image.shape[-1]} input bands; use config.model.in_channels=3 "
+                "or a model without the CRF (e.g. fcn8s_tiny)"
+            )
         out = dict(self.segmentor(image, train=train))
         p = self.crf_params
         wa = self.param("bilateral_weight", nn.initializers.constant(p.bilateral_weight), ())

@@ -5,7 +5,8 @@ Layout as the paper's Table 1 and the reference PyTorch port (davidtvs/PyTorch-E
 ``models/enet.py``), with its defaults: PReLU in the encoder, ReLU in the decoder.
 
 - initial block: a 3x3 stride-2 conv to 13 channels concatenated with a 3x3 stride-2 max
-  pool of the image (3 channels), BN, PReLU (16 channels, stride 2);
+  pool of the image (3 channels), BN, PReLU (16 channels, stride 2); an image of C bands
+  gets 16 - C conv channels, or (C >= 16) the conv's 16 channels alone;
 - stage 1: a downsampling bottleneck to 64 channels, 4 regular ones (dropout 0.01);
 - stages 2 and 3 (128 channels, stride 8, dropout 0.1): regular, dilated 2, asymmetric 5,
   dilated 4, regular, dilated 8, asymmetric 5, dilated 16; stage 2 starts with a
@@ -215,13 +216,17 @@ class ENet(nn.Module):
 
     @nn.compact
     def __call__(self, image: Array, *, train: bool) -> dict[str, Array]:
-        """``[B, H, W, 3]`` -> ``{"logits"}`` float32 ``[B, H, W, K]`` (+ ``"aux_logits"``)."""
+        """``[B, H, W, C]`` -> ``{"logits"}`` float32 ``[B, H, W, K]`` (+ ``"aux_logits"``)."""
         w0, w1, w2 = self.widths
         dt = self.dtype
         x = image.astype(dt)
-        conv = Conv2D(w0 - x.shape[-1], 3, strides=2, dtype=dt, name="initial_conv")(x)
-        pooled = max_pool(x, 3, 2, ((1, 1), (1, 1)))
-        x = _Act(True, dt, name="initial_act")(jnp.concatenate([conv, pooled], -1), train=train)
+        bands = x.shape[-1]
+        if bands < w0:  # the paper's: conv features beside the max-pooled image bands
+            conv = Conv2D(w0 - bands, 3, strides=2, dtype=dt, name="initial_conv")(x)
+            x = jnp.concatenate([conv, max_pool(x, 3, 2, ((1, 1), (1, 1)))], -1)
+        else:  # as many bands as the block's width or more (multispectral): the conv alone
+            x = Conv2D(w0, 3, strides=2, dtype=dt, name="initial_conv")(x)
+        x = _Act(True, dt, name="initial_act")(x, train=train)
         block = functools.partial(Bottleneck, dtype=dt)
         sizes = [x.shape[1:3]]
         x, indices1 = block(w1, "down", dropout=0.01, name="bottleneck1_0")(x, train=train)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from configs import common
 from segjax import config_check
-from segjax.data import bands, datasets, transforms
+from segjax.data import audit, bands, datasets, transforms
 from segjax.data.builders import folder, from_files
 
 H, W = 24, 32
@@ -140,6 +140,9 @@ def test_folder_band_mismatch_names_the_file(tmp_path):
         match=r"b\.tif: a 3-band uint16 image, but the first image .*a\.tif is a 4-band uint16",
     ):
         folder.prepare(tmp_path / "d", "x", manual)
+    # The audit reads the folder as prepare does, and names the file among its problems.
+    problems = [p for split in audit.audit_folder(manual) for p in split.problems]
+    assert len(problems) == 1 and "b.tif: a 3-band uint16 image" in problems[0], problems
     images["b.tif"] = _tiff(_tile(rng, 4, "float32"))  # same count, other dtype
     manual = _write_folder(tmp_path / "m2", images, {s: label for s in "abc"})
     with pytest.raises(ValueError, match=r"b\.tif: a 4-band float32 image, but"):
@@ -228,7 +231,8 @@ def test_rgb_datasets_resolve_without_reading_data(tmp_path):
 def test_train_eval_and_predict_on_band_tiles(tmp_path, channels, dtype):
     import jax
 
-    from segjax import eval_lib, sharding, train_lib
+    from segjax import eval_lib, export, sharding, train_lib
+    from segjax.weights import read_pretrained
 
     manual, tiles, _ = _band_folder(tmp_path / "m", np.random.default_rng(5), channels, dtype)
     folder.prepare(tmp_path / "data", "bands", manual)
@@ -270,3 +274,18 @@ def test_train_eval_and_predict_on_band_tiles(tmp_path, channels, dtype):
     ]
     pred = np.asarray(Image.open(tmp_path / "pred" / "tile.png"))
     assert pred.shape == (H, W) and set(np.unique(pred)) <= {0, 1}
+    # An export takes the C bands in the dataset's units (normalised inside).
+    described = export.export_workdir(workdir, "stablehlo", str(tmp_path / "export"))
+    assert described["input"]["shape"] == [1, 32, 32, channels]
+    with open(tmp_path / "export" / "model.jax_export", "rb") as f:
+        exported = jax.export.deserialize(f.read())
+    variables = read_pretrained(str(tmp_path / "export" / "variables.msgpack"))[0]
+    # eval.py --images pads the normalised image with 0: the band means in stored units.
+    canvas = np.tile(np.asarray(saved.input.mean, np.float32), (1, 32, 32, 1))
+    canvas[0, :H, :W] = tiles["t5"]
+    probs = np.asarray(exported.call(variables, canvas))
+    assert probs.shape == (1, 32, 32, 2)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    region = probs[0, :H, :W]
+    tied = np.abs(region[..., 1] - region[..., 0]) < 1e-4
+    assert np.all((region.argmax(-1) == pred) | tied)  # what eval.py --images wrote

@@ -51,7 +51,7 @@ def test_adapt_input_conv_follows_timm(bands):
 def test_rgb_file_loads_into_a_model_of_more_bands(tmp_path, bands, caplog):
     model = build_model("deeplabv3plus_tiny", num_classes=3)
     key = jax.random.key(0)
-    rgb = model.init(key, jnp.zeros((1, 32, 32, 3)), train=False)
+    rgb = jax.jit(lambda x: model.init(key, x, train=False))(jnp.zeros((1, 32, 32, 3)))
     path = str(tmp_path / "rgb.msgpack")
     meta = {"source": "test", "name": "t", "file": "", "model": "", "scope": "all"}
     save_pretrained(path, jax.device_get(rgb), {**meta, "model_kwargs": "{}"})
