@@ -31,6 +31,7 @@ def test_every_image_scored_once_at_original_size_and_compiled_once(tiny_config)
     config = _config(tiny_config)
     mesh = sharding.make_mesh()  # 8 devices; batch 8; 11 images -> 2 batches, 5 padding
     run = train_lib.setup(config, mesh)
+    config = run.config  # resolved: the dataset's band count and statistics
     state = run.new_state(jax.random.key(0))
     k, ignore = config.dataset.num_classes, config.dataset.ignore_index
     records = _records(11, [(64, 64), (40, 52)], k)
@@ -86,6 +87,7 @@ def test_resized_evaluation_scores_labels_at_original_size(tiny_config):
     mesh = sharding.make_mesh(jax.devices()[:4])
     config.input.eval_batch_size = 4
     run = train_lib.setup(config, mesh)
+    config = run.config  # resolved: the dataset's band count and statistics
     state = run.new_state(jax.random.key(0))
     k = config.dataset.num_classes
     records = _records(5, [(64, 48), (20, 60)], k)

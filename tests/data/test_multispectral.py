@@ -226,7 +226,11 @@ def test_rgb_datasets_resolve_without_reading_data(tmp_path):
 
 @pytest.mark.parametrize(
     ("channels", "dtype"),
-    [(4, "uint16"), pytest.param(12, "float32", marks=pytest.mark.slow)],
+    [
+        # 44 s on the 2-core CPU: the band paths themselves are the fast tests above.
+        pytest.param(4, "uint16", marks=pytest.mark.slow),
+        pytest.param(12, "float32", marks=pytest.mark.slow),
+    ],
 )
 def test_train_eval_and_predict_on_band_tiles(tmp_path, channels, dtype):
     import jax

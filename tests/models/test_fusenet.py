@@ -77,6 +77,7 @@ def test_tiny_contract_odd_sizes_and_gradients():
     assert not dead, f"parameters with an all-zero gradient: {dead}"
 
 
+@pytest.mark.slow
 def test_zero_depth_stream_is_segnet_on_rgb():
     """Fusion is a sum: with a depth encoder that outputs zeros, FuseNet is SegNet on RGB.
 

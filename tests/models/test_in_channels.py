@@ -21,7 +21,7 @@ RGB_ONLY = {"fcn_crfrnn_tiny"}
 ALL_TINY = sorted(m for m in MODELS if m.endswith("_tiny") and m not in RGB_ONLY)
 SUBSET = [
     ("unet_tiny", 4),
-    ("deeplabv3plus_tiny", 12),
+    pytest.param("deeplabv3plus_tiny", 12, marks=pytest.mark.slow),
     ("enet_tiny", 12),
     pytest.param("segnet_tiny", 4, marks=pytest.mark.slow),
     pytest.param("bisenetv1_tiny", 4, marks=pytest.mark.slow),

@@ -47,7 +47,7 @@ def test_adapt_input_conv_follows_timm(bands):
         adapt_input_conv(np.zeros((3, 3, 4, 8), np.float32), bands)
 
 
-@pytest.mark.parametrize("bands", [4, 12])
+@pytest.mark.parametrize("bands", [4, pytest.param(12, marks=pytest.mark.slow)])
 def test_rgb_file_loads_into_a_model_of_more_bands(tmp_path, bands, caplog):
     model = build_model("deeplabv3plus_tiny", num_classes=3)
     key = jax.random.key(0)
