@@ -17,7 +17,7 @@ each, segjax's behaviour before tap splitting; see `segjax.models.layers.conv2d`
 `XLA_FLAGS=...`.
 
 torch is not a segjax dependency: give the interpreter of an environment that has torch and
-torchvision with `--torch_python` (default `$TORCH_PYTHON`, else /work/torchvenv/bin/python).
+torchvision with `--torch_python` (default `$SEGJAX_TORCH_PYTHON`, else `$TORCH_PYTHON`).
 Every JSON line of both programs is printed as it comes, then a summary table.
 """
 
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Runs the rounds, prints every result and the summary; returns the summary."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--torch_python", default=os.environ.get("TORCH_PYTHON", "/work/torchvenv/bin/python")
+        "--torch_python",
+        default=os.environ.get("SEGJAX_TORCH_PYTHON") or os.environ.get("TORCH_PYTHON", ""),
+        help="interpreter with torch (default $SEGJAX_TORCH_PYTHON, else $TORCH_PYTHON)",
     )
     p.add_argument("--reference", default=DEFAULT_REFERENCE, help="torch_reference.py")
     p.add_argument("--model", default="deeplabv3_resnet50", help="same name in both")
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--no_inference", action="store_true", help="time training only")
     a = p.parse_args(argv)
+    if not a.torch_python:
+        p.error("--torch_python: no interpreter with torch given (or set $SEGJAX_TORCH_PYTHON)")
 
     torch_cmd = [
         a.torch_python, a.reference, "--model", a.model, "--batch", str(a.batch),

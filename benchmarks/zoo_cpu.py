@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=3, help="timed steps per run (median)")
     p.add_argument("--variants", nargs="+", default=["", "SEGJAX_CONV=xla"])
     p.add_argument(
-        "--torch_python", default=os.environ.get("TORCH_PYTHON", "/work/torchvenv/bin/python")
+        "--torch_python",
+        default=os.environ.get("SEGJAX_TORCH_PYTHON") or os.environ.get("TORCH_PYTHON", ""),
+        help="interpreter with torch (default $SEGJAX_TORCH_PYTHON, else $TORCH_PYTHON)",
     )
     p.add_argument("--reference", default=DEFAULT_REFERENCE, help="torch_reference.py")
     p.add_argument("--no_torch", action="store_true", help="skip the torchvision runs")
