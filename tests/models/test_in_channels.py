@@ -37,9 +37,14 @@ def _check_bands(name: str, bands: int) -> None:
     model = build_model(name, num_classes=NUM_CLASSES)
     x = np.random.default_rng(bands).standard_normal((1, 32, 32, bands)).astype(np.float32)
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
-    # The image is read by kernels of `bands` input channels.
-    kernels = [k for k in jax.tree.leaves(variables["params"]) if k.ndim == 4]
-    assert any(k.shape[-2] == bands for k in kernels)
+    # The image is read by kernels of `bands` input channels (or, for a model without
+    # convolutions such as the 2-D LSTM, by a dense layer over blocks of `bands` values).
+    leaves = jax.tree.leaves(variables["params"])
+    kernels = [k for k in leaves if k.ndim == 4]
+    if kernels:
+        assert any(k.shape[-2] == bands for k in kernels)
+    else:
+        assert any(k.ndim >= 2 and k.shape[-2] % bands == 0 for k in leaves)
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     out = apply(variables, x)
     assert out["logits"].shape == (1, 32, 32, NUM_CLASSES)
