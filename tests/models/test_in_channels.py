@@ -37,14 +37,12 @@ def _check_bands(name: str, bands: int) -> None:
     model = build_model(name, num_classes=NUM_CLASSES)
     x = np.random.default_rng(bands).standard_normal((1, 32, 32, bands)).astype(np.float32)
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
-    # The image is read by kernels of `bands` input channels (or, for a model without
-    # convolutions such as the 2-D LSTM, by a dense layer over blocks of `bands` values).
-    leaves = jax.tree.leaves(variables["params"])
-    kernels = [k for k in leaves if k.ndim == 4]
-    if kernels:
-        assert any(k.shape[-2] == bands for k in kernels)
-    else:
-        assert any(k.ndim >= 2 and k.shape[-2] % bands == 0 for k in leaves)
+    # The image is read by kernels of `bands` input channels (the 2-D LSTM, which has no
+    # convolution on its input, by `input_kernel`s over blocks of `bands`-value pixels).
+    leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
+    assert any(k.ndim == 4 and k.shape[-2] == bands for _, k in leaves) or any(
+        "input_kernel" in jax.tree_util.keystr(p) and k.shape[-2] % bands == 0 for p, k in leaves
+    )
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     out = apply(variables, x)
     assert out["logits"].shape == (1, 32, 32, NUM_CLASSES)
