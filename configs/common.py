@@ -217,6 +217,17 @@ def deeplabv3plus_r50_d8(c: ml_collections.ConfigDict) -> None:
     c.loss.aux_weight = 0.4
 
 
+def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict):
+    """The built-in configs' common tail: `:tiny` makes it `smoke_run`, `:steps=N` sets
+    the step count; returns `c` locked."""
+    if args.tiny:
+        smoke_run(c)
+    if args.steps:
+        c.train.steps = args.steps
+    c.lock()
+    return c
+
+
 def shapes_64(c: ml_collections.ConfigDict, steps: int = 2000) -> None:
     """The default run's data and schedule: the 64x64 `small` segjax_shapes, batch 32,
     `steps` steps, logs every 100, eval and checkpoint every 500 (configs/default.py's)."""

@@ -21,9 +21,4 @@ def get_config(arg: str | None = None):
     c = common.base_config()
     common.shapes_64(c)  # the 64x64 `small` dataset, batch 32, 2,000 steps
 
-    if args.tiny:
-        common.smoke_run(c)
-    if args.steps:
-        c.train.steps = args.steps
-    c.lock()
-    return c
+    return common.finish(c, args)

@@ -28,9 +28,4 @@ def get_config(arg: str | None = None):
     c.train.log_every = 100
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
-    if args.tiny:
-        common.smoke_run(c)
-    if args.steps:
-        c.train.steps = args.steps
-    c.lock()
-    return c
+    return common.finish(c, args)

@@ -24,9 +24,4 @@ def get_config(arg: str | None = None):
     c.model.depth = 3
     c.optimizer.schedule = "cosine"
 
-    if args.tiny:
-        common.smoke_run(c)
-    if args.steps:
-        c.train.steps = args.steps
-    c.lock()
-    return c
+    return common.finish(c, args)
