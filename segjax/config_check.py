@@ -154,6 +154,7 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     from segjax.models.panoptic_fpn import PANOPTIC_FPN_MODELS
     from segjax.models.registry import MODELS, RGBD_MODELS, VOLUME_MODELS
     from segjax.tasks import adversarial, levelset
+    from segjax.tasks.volume import SPATIAL_SPLITS
     from segjax.volume_inference import BLEND_MODES
     from segjax.weights.pretrained import SCOPES
 
@@ -302,6 +303,10 @@ def _rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "volume.window_batch": _int(1),
         "volume.include_background": _bool(),
         "volume.hd95": _bool(),
+        "volume.spatial_split": (
+            lambda v: _is_int(v) and v in SPATIAL_SPLITS,
+            "0 (the batch split over the devices), 1 (each volume's depth) or 2 (its height)",
+        ),
         # config.panoptic (segjax/tasks/panoptic.py), when the task has it.
         "panoptic.center_sigma": _number(0, lo_open=True),
         "panoptic.small_instance_area": _int(0),
@@ -408,7 +413,11 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
         import jax
 
         num_devices = jax.device_count()
+    # A spatially split volume run splits each volume, not the batch (_volume_problems).
+    spatial = v.get("task") == "volume" and v.get("volume.spatial_split", 0)
     for key in ("input.batch_size", "input.eval_batch_size"):
+        if key == "input.batch_size" and spatial:
+            continue
         if has(key) and v[key] % num_devices:
             out.append(
                 f"config.{key}={v[key]}: expected a multiple of the number of devices "
@@ -495,7 +504,7 @@ def _cross_key_problems(v: dict[str, Any], num_devices: int | None) -> list[str]
                 f"config.task={v['task']!r}; it needs config.task='panoptic'"
             )
     out += _adversarial_problems(v, num_devices)
-    out += _volume_problems(v)
+    out += _volume_problems(v, num_devices)
     if has("panoptic.max_segments", "panoptic.max_instances", "dataset.num_classes"):
         segments, instances = v["panoptic.max_segments"], v["panoptic.max_instances"]
         if segments < instances + 1:
@@ -700,7 +709,7 @@ def _adversarial_problems(v: dict[str, Any], num_devices: int) -> list[str]:
     return out
 
 
-def _volume_problems(v: dict[str, Any]) -> list[str]:
+def _volume_problems(v: dict[str, Any], num_devices: int) -> list[str]:
     # A volume task needs a volume model, and the other tasks an image model.
     from segjax.models.registry import VOLUME_MODELS
 
@@ -728,6 +737,14 @@ def _volume_problems(v: dict[str, Any]) -> list[str]:
         )
     if "volume.ct_window" in v and v["volume.ct_window"][0] >= v["volume.ct_window"][1]:
         out.append(f"config.volume.ct_window={_show(v['volume.ct_window'])}: expected low < high")
+    split = v.get("volume.spatial_split", 0)
+    if v.get("task") == "volume" and split and crop is not None and crop[split - 1] % num_devices:
+        side = "depth" if split == 1 else "height"
+        out.append(
+            f"config.volume.spatial_split={split}: the crop's {side} "
+            f"(config.volume.crop_size={_show(crop)}) must be a multiple of the number of "
+            f"devices ({num_devices}), so that each volume splits evenly over them"
+        )
     return out
 
 

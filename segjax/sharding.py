@@ -1,8 +1,9 @@
 """One device mesh for the whole run, and the helpers that put host data on it.
 
 The mesh has a single axis, `"data"`, over every device of every host. Batches are
-split along it; the train state is replicated (data parallelism). Under `jax.jit` the
-program is global, so BatchNorm statistics and the loss are over the global batch
+split along it (or, for a volume too large for one device, each volume along its depth
+or height: `spatial_sharding`); the train state is replicated (data parallelism). Under
+`jax.jit` the program is global, so BatchNorm statistics and the loss are over the global batch
 without any explicit collective.
 """
 
@@ -65,10 +66,20 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     return global_batch_size // jax.process_count()
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles global arrays from each process's local slice of the batch."""
-    sharding = data_sharding(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+def shard_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh, batch_sharding: dict[str, Any] | None = None
+) -> dict[str, jax.Array]:
+    """Assembles global arrays from each process's local slice of the batch.
+
+    `batch_sharding` (a task's `Task.batch_sharding`: `{key: NamedSharding}`, e.g. each
+    volume split along its depth) places each key so instead of along the batch axis.
+    """
+    if batch_sharding is None:
+        sharding = data_sharding(mesh)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding[k], x) for k, x in batch.items()
+    }
 
 
 def prefetch(items: Iterable[Any], transform: Callable[[Any], Any], size: int = 2) -> Iterator:

@@ -58,7 +58,12 @@ RESUMABLE_CHANGES = (
 
 # Keys added after runs were first saved, with the value that reproduces those runs: a
 # saved config without the key resumes as if it had held this value.
-ADDED_KEYS = {"task": "semantic", "model.in_channels": 3, "input.norm_stats": "config"}
+ADDED_KEYS = {
+    "task": "semantic",
+    "model.in_channels": 3,
+    "input.norm_stats": "config",
+    "volume.spatial_split": 0,
+}
 
 
 # ----------------------------------------------------------------------------- runner
@@ -76,6 +81,8 @@ class Run:
     init_fn: Callable[[jax.Array], TrainState]
     train_step: Callable
     evaluator: evaluation.Evaluator
+    # How a training batch is placed: the task's `batch_sharding`, else split along the batch.
+    batch_sharding: Any = None
 
     @property
     def model(self) -> Any:
@@ -110,7 +117,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
     )
-    data = sharding.data_sharding(mesh)
+    data = task.batch_sharding or sharding.data_sharding(mesh)
     train_step = base.make_train_step(task.loss, task.tx, task.schedule)
     return Run(
         config=config,
@@ -126,6 +133,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
             donate_argnums=(0,),
         ),
         evaluator=evaluation.Evaluator(task, config, mesh, state_sharding),
+        batch_sharding=task.batch_sharding,
     )
 
 
@@ -278,6 +286,20 @@ def train_and_evaluate(
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
     run = setup(config, mesh)
     config = run.config  # the input bands resolved: what config.json records
+    if run.batch_sharding is None:
+        per_process = sharding.local_batch_size(config.input.batch_size, mesh)
+    elif jax.process_count() > 1:
+        raise ValueError(
+            f"config.task={run.task.name!r} places its training batches itself (e.g. "
+            "config.volume.spatial_split, each volume split over the devices), which needs "
+            f"one process; this job has {jax.process_count()} (each reads its own samples)"
+        )
+    else:  # one process loads the whole global batch; shard_batch splits it over the mesh
+        per_process = config.input.batch_size
+        logging.info(
+            "Training batches placed by the task: %s",
+            {k: str(s.spec) for k, s in run.batch_sharding.items()},
+        )
     # A pretrained file is read and checked against the model before the workdir is touched.
     pretrained = _match_pretrained(config, run)
     os.makedirs(workdir, exist_ok=True)
@@ -296,7 +318,6 @@ def train_and_evaluate(
     )
 
     train_source = pipeline.load_split(config, config.dataset.train_split)
-    per_process = sharding.local_batch_size(config.input.batch_size, mesh)
     data_iter = iter(run.task.train_batches(train_source, per_process, config.seed))
 
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
@@ -328,7 +349,7 @@ def train_and_evaluate(
     data_state: bytes | None = None
     batches = sharding.prefetch(
         _with_states(data_iter, run.task, per_process),
-        lambda pair: (sharding.shard_batch(pair[0], mesh), pair[1]),
+        lambda pair: (sharding.shard_batch(pair[0], mesh, run.batch_sharding), pair[1]),
         config.input.prefetch,
     )
     first_step = step

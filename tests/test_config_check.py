@@ -151,6 +151,7 @@ BAD_VALUES = [
     ("volume.window_batch", 0, "integer >= 1"),
     ("volume.include_background", 1, "True or False"),
     ("volume.hd95", None, "True or False"),
+    ("volume.spatial_split", 3, "0 (the batch split over the devices), 1 (each volume's depth)"),
     ("levelset.steps", -1, "integer >= 0"),
     ("levelset.dt", 0.0, "> 0"),
     ("levelset.mu", -0.1, ">= 0"),
@@ -333,6 +334,49 @@ def test_json_lists_and_absent_keys_are_fine():
         ({"volume.flip_axes": (1, 1)}, "an axis twice"),
         ({"volume.crop_size": (16, 16, 8)}, "height and width must be equal"),
         ({"volume.ct_window": (100.0, -100.0)}, "expected low < high"),
+        (
+            {
+                "task": "volume",
+                "model.name": "unet3d_tiny",
+                "volume.spatial_split": 1,
+                "volume.crop_size": (12, 16, 16),
+                "volume.rotate90": True,
+            },
+            "spatial_split=1: the crop's depth (config.volume.crop_size=(12, 16, 16)) must be "
+            "a multiple of the number of devices (8)",
+        ),
+        (
+            {
+                "task": "volume",
+                "model.name": "unet3d_tiny",
+                "volume.spatial_split": 2,
+                "volume.crop_size": (16, 12, 12),
+            },
+            "spatial_split=2: the crop's height",
+        ),
+        # Split spatially, the batch need not divide over the devices (the eval batch still does).
+        (
+            {
+                "task": "volume",
+                "model.name": "unet3d_tiny",
+                "volume.spatial_split": 1,
+                "input.batch_size": 1,
+            },
+            None,
+        ),
+        (
+            {
+                "task": "volume",
+                "model.name": "unet3d_tiny",
+                "volume.spatial_split": 1,
+                "input.eval_batch_size": 1,
+            },
+            "config.input.eval_batch_size=1: expected a multiple of the number of devices (8)",
+        ),
+        (
+            {"task": "volume", "model.name": "unet3d_tiny", "input.batch_size": 1},
+            "config.input.batch_size=1: expected a multiple of the number of devices (8)",
+        ),
         ({"input.std": (1.0, 1.0)}, "as many values as config.input.mean (3), one per input band"),
         (
             {"model.in_channels": 4, "input.norm_stats": "config"},

@@ -176,6 +176,11 @@ class Task:
       image_predictor: for `eval.py --images`; None if the task has none.
       example_batch: `(batch_size, seed) -> numpy batch` of `batch_spec`'s shapes with
         valid random values (benchmarks, tests).
+      batch_sharding: how the loop places a training batch on the mesh the task was
+        built for: `{key: NamedSharding}` (e.g. each volume split along its depth,
+        `volume.split_batch_sharding`); such a task runs on one process, which loads
+        the whole global batch. None: every key split along the batch axis
+        (`sharding.data_sharding`), the batch a multiple of the devices.
     """
 
     name: str
@@ -197,6 +202,7 @@ class Task:
     describe: Callable[[], dict[str, Any]] = dict
     image_predictor: ImagePredictor | None = None
     example_batch: Callable[[int, int], Batch] | None = None
+    batch_sharding: dict[str, Any] | None = None
 
 
 def train_apply(model, params, batch_stats, inputs: Array, rng: Array) -> tuple[Any, Any]:

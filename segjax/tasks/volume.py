@@ -41,6 +41,8 @@ from segjax.data import datasets, volumes
 from segjax.tasks import base, semantic
 
 _INT32_MAX = 2**31 - 1
+# config.volume.spatial_split: what its values split (0: the batch, as the other tasks).
+SPATIAL_SPLITS = {0: "batch", 1: "depth", 2: "height"}
 
 
 def config_block() -> ml_collections.ConfigDict:
@@ -61,6 +63,9 @@ def config_block() -> ml_collections.ConfigDict:
     c.window_batch = 4  # window positions per model call
     c.include_background = False  # in the mean Dice / HD95
     c.hd95 = True  # compute the 95% Hausdorff distance (host, per volume and class)
+    # Training batches split over the devices along: 0 the batch (data parallel), 1 each
+    # volume's depth, 2 its height (one volume too large for a device; see spatially_sharded).
+    c.spatial_split = 0
     return c
 
 
@@ -187,10 +192,25 @@ def spatially_sharded(loss, mesh: jax.sharding.Mesh, axis: int = 1):
     return split_loss
 
 
+def split_batch_sharding(mesh: jax.sharding.Mesh, axis: int) -> dict[str, Any]:
+    """The shardings of a training batch split along volume axis `axis` (1: depth, 2:
+    height) over `mesh`: `image` [B, D, H, W, C] and `label` [B, D, H, W]."""
+    return {
+        "image": sharding.spatial_sharding(mesh, 5, axis),
+        "label": sharding.spatial_sharding(mesh, 4, axis),
+    }
+
+
 def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
-    """The volumetric segmentation task of `config`."""
-    del mesh  # windows run inside each volume's program; the batch is the sharded axis
+    """The volumetric segmentation task of `config`.
+
+    With `config.volume.spatial_split` (1: depth, 2: height) its loss splits each training
+    volume over `mesh` (default: all devices) along that axis (`spatially_sharded`) and
+    `Task.batch_sharding` tells the loop to place batches so; evaluation windows still run
+    inside each volume's program, the eval batch split over the devices.
+    """
     vc = config.volume
+    split_axis = int(vc.get("spatial_split", 0))
     model = build_model(config)
     tx, schedule = optim.make_optimizer(config, config.train.steps)
     loss_fn = losses.build_loss(
@@ -207,6 +227,14 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
     if not vc.include_background:
         include[0] = False
     options = volumes.VolumeOptions.from_config(config)
+    loss = semantic.make_loss(model, loss_fn, aux_weight=config.loss.aux_weight)
+    batch_sharding = None
+    if split_axis:
+        # One process only (train_lib refuses more): each host reads its own volumes, and
+        # every device of a split volume would need slices of all of them.
+        mesh = sharding.make_mesh() if mesh is None else mesh
+        loss = spatially_sharded(loss, mesh, split_axis)
+        batch_sharding = split_batch_sharding(mesh, split_axis)
 
     def batch_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         return {
@@ -335,7 +363,7 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         schedule=schedule,
         batch_spec=batch_spec,
         init_variables=lambda rng, batch: semantic.init_variables(model, rng, batch["image"].shape),
-        loss=semantic.make_loss(model, loss_fn, aux_weight=config.loss.aux_weight),
+        loss=loss,
         train_batches=lambda source, per_process_batch, seed: volumes.train_loader(
             config, source, per_process_batch=per_process_batch, seed=seed
         ),
@@ -360,4 +388,5 @@ def build(config: ml_collections.ConfigDict, mesh=None) -> base.Task:
         describe=describe,
         image_predictor=None,
         example_batch=example_batch,
+        batch_sharding=batch_sharding,
     )
