@@ -154,3 +154,14 @@ def test_train_splits_each_volume_over_the_devices_with_the_unsplit_losses(
     assert len(losses1) == len(losses8) == 3
     np.testing.assert_allclose(losses8, losses1, rtol=1e-4)
     assert len(set(losses1)) == 3  # three different batches and updates, not one repeated
+
+
+def test_a_spatially_split_run_of_several_processes_is_refused(config, tmp_path, monkeypatch):
+    # Each process reads its own volumes; a split volume needs all of them on every device.
+    with config.unlocked():
+        config.volume.spatial_split = 1
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    mesh = Mesh(np.asarray(jax.devices()[:8]), (sharding.DATA_AXIS,))
+    with pytest.raises(ValueError, match=r"config.volume.spatial_split.*this job has 2"):
+        train_lib.train_and_evaluate(config, str(tmp_path / "run"), mesh=mesh)
+    assert not (tmp_path / "run").exists()
