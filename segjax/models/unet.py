@@ -134,6 +134,10 @@ class UNet(nn.Module):
             auxiliary head then shares.
         aux_level: None: the auxiliary head reads the bottleneck; ``k``: the decoder's
             output at level ``k`` (stride ``2**k``).
+        stem_stride: 1: the first level runs at the input's resolution (the paper's);
+            2: a 3x3 stride-2 conv-BN-ReLU stem first, so every level runs at half the
+            resolution (about a quarter of the cost), and the logits are upsampled
+            bilinearly to the input size.
         dtype: compute dtype; parameters are float32.
     """
 
@@ -144,13 +148,21 @@ class UNet(nn.Module):
     upsample: str = "transposed"
     head_channels: int = 0
     aux_level: int | None = None
+    stem_stride: int = 1
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, image: Array, *, train: bool) -> dict[str, Array]:
         """``[B, H, W, 3]`` (any H, W) -> ``{"logits": float32 [B, H, W, K]}`` (+ aux)."""
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {self.stem_stride!r}")
         h, w = image.shape[1:3]
-        x = pad_to_multiple(image.astype(self.dtype), 2**self.depth)
+        x = pad_to_multiple(image.astype(self.dtype), self.stem_stride * 2**self.depth)
+        full_size = x.shape[1:3]
+        if self.stem_stride == 2:
+            x = ConvBNReLU(self.base_width, 3, strides=2, dtype=self.dtype, name="stem")(
+                x, train=train
+            )
         x = DoubleConv(self.base_width, dtype=self.dtype, name="inc")(x, train=train)
         skips = []
         for i in range(1, self.depth + 1):
@@ -177,11 +189,14 @@ class UNet(nn.Module):
             )({"x": x}, train=train)
         else:
             logits = classifier_conv(self.num_classes, self.dtype, name="classifier")(x)
-        outputs = {"logits": logits[:, :h, :w].astype(jnp.float32)}
+        logits = logits.astype(jnp.float32)
+        if self.stem_stride > 1:
+            logits = resize_bilinear(logits, full_size)
+        outputs = {"logits": logits[:, :h, :w]}
         if self.aux_head:
             source = levels[self.depth if self.aux_level is None else self.aux_level]
             aux = _aux_logits(
-                source, self.num_classes, self.dtype, train, x.shape[1:3], self.head_channels
+                source, self.num_classes, self.dtype, train, full_size, self.head_channels
             )
             outputs["aux_logits"] = aux[:, :h, :w]
         return outputs
@@ -268,6 +283,7 @@ def unet_builder(default_base_width: int, default_depth: int) -> Callable[..., U
         aux_head: bool = False,
         base_width: int = default_base_width,
         depth: int = default_depth,
+        stem_stride: int = 1,
     ) -> UNet:
         """U-Net (same padding, BN, transposed-conv up); see ``segjax.models.unet``.
 
@@ -278,9 +294,12 @@ def unet_builder(default_base_width: int, default_depth: int) -> Callable[..., U
             aux_head: add an FCN auxiliary head on the bottleneck (``"aux_logits"``).
             base_width: channels of the first level (64 in the paper).
             depth: number of down / up stages (4 in the paper).
+            stem_stride: 2: a stride-2 stem, every level at half resolution (``UNet``).
         """
         check_fixed_stride("U-Net", output_stride, 1)
-        return UNet(num_classes, base_width, depth, aux_head=aux_head, dtype=dtype)
+        return UNet(
+            num_classes, base_width, depth, aux_head=aux_head, stem_stride=stem_stride, dtype=dtype
+        )
 
     return builder
 

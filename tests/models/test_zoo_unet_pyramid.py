@@ -275,3 +275,31 @@ def test_pspnet_reads_stride8_features_and_stage3_aux():
     assert model.backbone.output_stride == 8 and model.backbone.deep_stem
     assert model.neck.bins == (1, 2, 3, 6) and model.neck.in_key == "s32"
     assert model.aux_head.in_key == "s16"
+
+
+def test_unet_stride2_stem_runs_every_level_at_half_resolution():
+    shape = (2, 33, 47, 3)
+    plain = build_model("unet_tiny", num_classes=4)
+    stem = build_model("unet_tiny", num_classes=4, stem_stride=2)
+    variables = abstract_variables(stem, shape)
+    # The stem is one 3x3 conv 3 -> 4 + BN; every other layer keeps its shape, but the
+    # first level now reads the stem's 4 channels instead of the image's 3.
+    assert (
+        param_count(variables) - param_count(abstract_variables(plain, shape))
+        == (9 * 3 * 4 + 2 * 4) + 9 * (4 - 3) * 4
+    )
+    x = jax.random.normal(jax.random.key(0), shape)
+    out, inner = stem.apply(
+        stem.init(jax.random.key(1), x, train=False),
+        x,
+        train=False,
+        capture_intermediates=lambda m, _: m.name == "inc",
+    )
+    assert out["logits"].shape == (2, 33, 47, 4)
+    # The first level runs on the stem's stride-2 map of the padded (48 x 48) image.
+    (first_level,) = inner["intermediates"]["inc"]["__call__"]
+    assert first_level.shape == (2, 24, 24, 4)
+    with pytest.raises(ValueError, match="stem_stride"):
+        build_model("unet_tiny", num_classes=4, stem_stride=4).init(
+            jax.random.key(0), x, train=False
+        )
