@@ -81,8 +81,6 @@ class Run:
     init_fn: Callable[[jax.Array], TrainState]
     train_step: Callable
     evaluator: evaluation.Evaluator
-    # How a training batch is placed: the task's `batch_sharding`, else split along the batch.
-    batch_sharding: Any = None
 
     @property
     def model(self) -> Any:
@@ -133,7 +131,6 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Run:
             donate_argnums=(0,),
         ),
         evaluator=evaluation.Evaluator(task, config, mesh, state_sharding),
-        batch_sharding=task.batch_sharding,
     )
 
 
@@ -286,7 +283,7 @@ def train_and_evaluate(
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
     run = setup(config, mesh)
     config = run.config  # the input bands resolved: what config.json records
-    if run.batch_sharding is None:
+    if run.task.batch_sharding is None:
         per_process = sharding.local_batch_size(config.input.batch_size, mesh)
     elif jax.process_count() > 1:
         raise ValueError(
@@ -298,7 +295,7 @@ def train_and_evaluate(
         per_process = config.input.batch_size
         logging.info(
             "Training batches placed by the task: %s",
-            {k: str(s.spec) for k, s in run.batch_sharding.items()},
+            {k: str(s.spec) for k, s in run.task.batch_sharding.items()},
         )
     # A pretrained file is read and checked against the model before the workdir is touched.
     pretrained = _match_pretrained(config, run)
@@ -349,7 +346,7 @@ def train_and_evaluate(
     data_state: bytes | None = None
     batches = sharding.prefetch(
         _with_states(data_iter, run.task, per_process),
-        lambda pair: (sharding.shard_batch(pair[0], mesh, run.batch_sharding), pair[1]),
+        lambda pair: (sharding.shard_batch(pair[0], mesh, run.task.batch_sharding), pair[1]),
         config.input.prefetch,
     )
     first_step = step

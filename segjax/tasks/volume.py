@@ -180,13 +180,12 @@ def spatially_sharded(loss, mesh: jax.sharding.Mesh, axis: int = 1):
     gradients are those of the unsplit computation, up to float summation order.
     """
 
+    split = split_batch_sharding(mesh, axis)
+
     def split_loss(params, batch_stats, batch, rng):
         batch = dict(batch)
-        for key in ("image", "label"):
-            x = batch[key]
-            batch[key] = jax.lax.with_sharding_constraint(
-                x, sharding.spatial_sharding(mesh, x.ndim, axis)
-            )
+        for key, s in split.items():
+            batch[key] = jax.lax.with_sharding_constraint(batch[key], s)
         return loss(params, batch_stats, batch, rng)
 
     return split_loss
