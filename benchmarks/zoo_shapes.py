@@ -4,11 +4,12 @@
     python benchmarks/zoo_shapes.py --models unet_tiny,fpn_tiny --steps 300
     python benchmarks/zoo_shapes.py --write README.md            # its rows into the README
 
-Each model is trained by `train_lib.train_and_evaluate` on the config that
-`python train.py` runs (`--config`, default `configs/default.py`: its dataset, input,
-optimizer and schedule), with `model.name` overridden and `train.steps = --steps` for
-every model alike; the config's own model keeps its `config.model` block (output stride,
-...), the others run at their builders' defaults. Then, per model:
+Each model is trained by `train_lib.train_and_evaluate` on a config of `train.py`
+(`--config`, default `configs/zoo_shapes.py`: the default run's dataset and batch, no
+rescale, cosine AdamW, 1,000 steps), with `model.name` overridden and `train.steps =
+--steps` (default: the config's) for every model alike; the config's own model keeps its
+`config.model` block (output stride, ...), the others run at their builders' defaults.
+Then, per model:
 
 - val mIoU / pixel accuracy: the final evaluation of that run (its `eval_split`);
 - train / infer img/s and the train step's peak memory: `segjax.bench.run_benchmark` on
@@ -50,7 +51,6 @@ sys.path.insert(0, REPO)
 BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 # Models that are expected at the always-majority score, and why (not flagged as bugs).
 REFERENCES = {"pixel_mlp": "reference: one pixel's colour, blind to shape"}
-DEFAULT_STEPS = 500
 GFLOPS_SIZE = (512, 512)
 COLUMNS = (
     "model",
@@ -234,8 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Trains the models, prints or writes the table; 1 if a model did not learn."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default="", help="comma-separated (default: every *_tiny model)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps, per model")
-    p.add_argument("--config", default="configs/default.py", help="train.py's --config")
+    p.add_argument(
+        "--steps", type=int, default=0, help="training steps, per model (0: the config's)"
+    )
+    p.add_argument("--config", default="configs/zoo_shapes.py", help="train.py's --config")
     p.add_argument("--write", default="", help="a file with the table's markers (README.md)")
     p.add_argument("--json", default="", help="also write the rows' figures to this file")
     p.add_argument("--bench_steps", type=int, default=5, help="timed steps for img/s (median)")
@@ -251,15 +253,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         p.error(f"--models: unknown {unknown}; the zoo's tiny models: {zoo_models()}")
+    if args.steps < 0:
+        p.error(f"--steps {args.steps}: must be positive (0: the config's train.steps)")
     base = load_config(args.config)
+    steps = args.steps or base.train.steps
     baseline = majority_class_miou(base)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     root = args.workdir or tempfile.mkdtemp(prefix="zoo_shapes_")
     results, rows = [], {}
     try:
         for name in names:
-            config = model_config(base, name, args.steps)
-            print(f"[zoo] {name}: training {args.steps} steps ...", flush=True)
+            config = model_config(base, name, steps)
+            print(f"[zoo] {name}: training {steps} steps ...", flush=True)
             r = measure(name, config, os.path.join(root, name), args.bench_steps)
             results.append(r)
             rows[name] = format_row(r, stamp, baseline, args.margin / 100)

@@ -16,12 +16,10 @@ from configs import common
 def get_config(arg: str | None = None):
     args = common.parse_arg(arg, tiny=False, steps=0)
     c = common.base_config()
-    common.shapes_64(c, steps=3000)
-    c.input.scale_range = (1.0, 1.0)
+    common.shapes_64_raced(c, steps=3000)
     c.model.name = "unet"
     c.model.output_stride = None
     c.model.base_width = 16
     c.model.depth = 3
-    c.optimizer.schedule = "cosine"
 
     return common.finish(c, args)

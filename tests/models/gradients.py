@@ -6,6 +6,8 @@ import jax
 import numpy as np
 import optax
 
+from tests.models.rng import rbg_key
+
 
 def train_gradients(model, variables, x, labels, *, seed: int = 4):
     """(gradients of every logits' mean cross-entropy, the updated batch_stats state).
@@ -20,7 +22,7 @@ def train_gradients(model, variables, x, labels, *, seed: int = 4):
             x,
             train=True,
             mutable=["batch_stats"],
-            rngs={"dropout": jax.random.key(seed)},
+            rngs={"dropout": rbg_key(seed)},
         )
         loss = sum(
             optax.softmax_cross_entropy_with_integer_labels(v, labels).mean() for v in out.values()

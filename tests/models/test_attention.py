@@ -24,6 +24,7 @@ from segjax.models.heads.attention import (
 )
 from segjax.models.heads.context import EMAttention, Encoding
 from segjax.models.layers import resize_bilinear
+from tests.models.rng import rbg_key
 
 # ResNet-50 / -101 v1c (mmseg's deep stem 32-32-64 instead of the 7x7 conv): torchvision
 # resnet50 25,557,032 (resnet101 44,549,160) - fc 2,049,000 - 7x7 stem (9,408 + 128) +
@@ -86,7 +87,7 @@ def test_parameter_counts_pinned():
 
 
 def _init_apply(module, x):
-    variables = module.init(jax.random.key(0), x)
+    variables = module.init(rbg_key(0), x)
     return variables, module.apply(variables, x)
 
 
@@ -103,7 +104,7 @@ def test_criss_cross_equals_masked_dense_attention():
     """Criss-cross attention = dense attention over all h*w positions, masked to each
     position's row and column (itself once), computed here in float64 with NumPy."""
     b, h, w, c = 2, 5, 7, 16
-    x = np.asarray(jax.random.normal(jax.random.key(1), (b, h, w, c)))
+    x = np.asarray(jax.random.normal(rbg_key(1), (b, h, w, c)))
     module = CrissCrossAttention(reduction=4, gamma_init=0.7)
     variables, out = _init_apply(module, jnp.asarray(x))
     (q, k, v), gamma = _dense_projections(variables, x.astype(np.float64))
@@ -123,7 +124,7 @@ def test_criss_cross_never_forms_the_full_affinity():
     b, h, w, c = 1, 24, 40, 16
     x = jnp.zeros((b, h, w, c))
     module = CrissCrossAttention(gamma_init=1.0)
-    variables = module.init(jax.random.key(0), x)
+    variables = module.init(rbg_key(0), x)
     jaxpr = jax.make_jaxpr(jax.grad(lambda v, x: module.apply(v, x).sum(), argnums=(0, 1)))(
         variables, x
     )
@@ -139,7 +140,7 @@ def test_criss_cross_never_forms_the_full_affinity():
 
 def test_position_attention_equals_numpy_non_local_block():
     b, h, w, c = 2, 3, 4, 8
-    x = np.asarray(jax.random.normal(jax.random.key(2), (b, h, w, c)))
+    x = np.asarray(jax.random.normal(rbg_key(2), (b, h, w, c)))
     variables, out = _init_apply(PositionAttention(4, gamma_init=0.5), jnp.asarray(x))
     (q, k, v), gamma = _dense_projections(variables, x.astype(np.float64))
     energy = np.einsum("bnc,bmc->bnm", q.reshape(b, h * w, -1), k.reshape(b, h * w, -1))
@@ -152,7 +153,7 @@ def test_position_attention_equals_numpy_non_local_block():
 def test_channel_attention_equals_numpy_reference():
     """DANet's CAM: softmax(rowmax(E) - E) with E = X^T X over positions."""
     b, h, w, c = 2, 3, 4, 6
-    x = np.asarray(jax.random.normal(jax.random.key(3), (b, h, w, c))) * 0.3
+    x = np.asarray(jax.random.normal(rbg_key(3), (b, h, w, c))) * 0.3
     _, out = _init_apply(ChannelAttention(gamma_init=0.5), jnp.asarray(x))
     flat = x.reshape(b, h * w, c).astype(np.float64)
     energy = np.einsum("bnc,bnd->bcd", flat, flat)
@@ -165,7 +166,7 @@ def test_channel_attention_equals_numpy_reference():
 
 def test_full_size_attention_starts_as_identity():
     """gamma = 0 at init (the papers, mmseg): the attention modules pass their input."""
-    x = jax.random.normal(jax.random.key(4), (1, 4, 5, 16))
+    x = jax.random.normal(rbg_key(4), (1, 4, 5, 16))
     for module in (PositionAttention(4), ChannelAttention(), CrissCrossAttention()):
         _, out = _init_apply(module, x)
         np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
@@ -257,7 +258,7 @@ def test_context_parameter_counts_pinned():
 def test_encoding_equals_direct_residual_encoder():
     """The expanded distances equal mmseg's [N, K, C] formulation, in float64 NumPy."""
     b, n, c, k = 2, 13, 6, 4
-    x = np.asarray(jax.random.normal(jax.random.key(5), (b, n, c)))
+    x = np.asarray(jax.random.normal(rbg_key(5), (b, n, c)))
     variables, out = _init_apply(Encoding(k), jnp.asarray(x))
     codewords = np.asarray(variables["params"]["codewords"], np.float64)
     scale = np.asarray(variables["params"]["scale"], np.float64)
@@ -278,9 +279,9 @@ def test_em_attention_equals_numpy_em_and_updates_bases():
     """mmseg's EMAModule in float64 NumPy: T E/M steps from the running bases, the
     reconstruction, and in training the momentum update of the bases."""
     b, h, w, c, k, t = 2, 3, 5, 8, 4, 3
-    x = np.asarray(jax.random.normal(jax.random.key(6), (b, h, w, c)))
+    x = np.asarray(jax.random.normal(rbg_key(6), (b, h, w, c)))
     module = EMAttention(num_bases=k, num_stages=t, momentum=0.1)
-    variables = module.init(jax.random.key(0), jnp.asarray(x), train=False)
+    variables = module.init(rbg_key(0), jnp.asarray(x), train=False)
     bases = np.asarray(variables["batch_stats"]["bases"], np.float64)
     np.testing.assert_allclose(np.linalg.norm(bases, axis=0), 1.0, rtol=1e-6)
     out, updates = module.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
@@ -366,8 +367,8 @@ def test_pan_ran_scale_attention_parameter_counts():
 def test_reverse_attention_combines_the_branches():
     """logits = O - sigmoid(-O) * R, O (the original branch) also as deep supervision."""
     model = build_model("ran_tiny", num_classes=3)
-    x = jax.random.normal(jax.random.key(7), (2, 17, 19, 3))
-    variables = model.init(jax.random.key(0), x, train=False)
+    x = jax.random.normal(rbg_key(7), (2, 17, 19, 3))
+    variables = model.init(rbg_key(0), x, train=False)
     out, state = model.apply(
         variables,
         x,
@@ -386,11 +387,11 @@ def test_reverse_attention_combines_the_branches():
 def test_scale_attention_weights_sum_to_one_and_single_scale_is_the_base():
     """One scale: the softmax weight is 1 and the fused map is that scale's score map."""
     model = build_model("scale_attention_tiny", num_classes=3, scales=(1.0,))
-    x = jax.random.normal(jax.random.key(8), (2, 21, 27, 3))
-    variables = model.init(jax.random.key(0), x, train=False)
+    x = jax.random.normal(rbg_key(8), (2, 21, 27, 3))
+    variables = model.init(rbg_key(0), x, train=False)
     out = model.apply(variables, x, train=False)
     np.testing.assert_allclose(out["logits"], out["deep_supervision"][0], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="scales"):
         build_model("scale_attention_tiny", num_classes=3, scales=(1.0, 0.0)).init(
-            jax.random.key(0), x, train=False
+            rbg_key(0), x, train=False
         )

@@ -8,6 +8,7 @@ import pytest
 from segjax import crf
 from segjax.models import build_model
 from segjax.models.__main__ import abstract_variables, param_count
+from tests.models.rng import rbg_key
 
 
 def _fd_check(f, args, directions, eps=1e-2, rtol=3e-2):
@@ -53,7 +54,7 @@ def test_mean_field_gradients_match_finite_differences(method):
 def test_crfrnn_layer_gradient_and_parameters():
     model = build_model("fcn_crfrnn_tiny", num_classes=3)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 16, 16, 3)), jnp.float32)
-    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+    variables = jax.jit(lambda x: model.init(rbg_key(0), x, train=False))(x)
     crf_vars = {k: variables["params"][k] for k in ("bilateral_weight", "spatial_weight")}
     np.testing.assert_allclose(variables["params"]["compatibility"], crf.potts(3))
     labels = np.random.default_rng(2).integers(0, 3, (1, 16, 16))

@@ -11,6 +11,7 @@ from segjax.models import build_model
 from segjax.models.__main__ import abstract_variables, main, param_count
 from segjax.models.registry import MODELS, RGBD_MODELS
 from tests.models.gradients import dead_parameters, train_gradients
+from tests.models.rng import rbg_key
 
 
 def _conv_bn(cin: int, cout: int) -> int:
@@ -58,8 +59,8 @@ def test_registered_apart_from_rgb_models(capsys):
 def test_tiny_contract_odd_sizes_and_gradients():
     k = 5
     model = build_model("fusenet_tiny", num_classes=k, aux_head=True)
-    x = jax.random.normal(jax.random.key(1), (2, 17, 23, 4))  # odd: ceil pools, crops
-    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+    x = jax.random.normal(rbg_key(1), (2, 17, 23, 4))  # odd: ceil pools, crops
+    variables = jax.jit(lambda x: model.init(rbg_key(0), x, train=False))(x)
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
     out = forward(variables, x)
     assert set(out) == {"logits", "aux_logits"}
@@ -70,7 +71,7 @@ def test_tiny_contract_odd_sizes_and_gradients():
     moved = x.at[..., 3].add(1.0)
     assert not np.allclose(forward(variables, x)["logits"], forward(variables, moved)["logits"])
 
-    labels = jax.random.randint(jax.random.key(3), (2, 17, 23), 0, k)
+    labels = jax.random.randint(rbg_key(3), (2, 17, 23), 0, k)
 
     grads, _ = train_gradients(model, variables, x, labels)
     dead = dead_parameters(grads)
@@ -88,8 +89,8 @@ def test_zero_depth_stream_is_segnet_on_rgb():
     k = 4
     fusenet = build_model("fusenet_tiny", num_classes=k)
     segnet = build_model("segnet_tiny", num_classes=k)
-    x = jax.random.normal(jax.random.key(5), (1, 19, 21, 4))
-    v = jax.jit(lambda x: fusenet.init(jax.random.key(0), x, train=False))(x)
+    x = jax.random.normal(rbg_key(5), (1, 19, 21, 4))
+    v = jax.jit(lambda x: fusenet.init(rbg_key(0), x, train=False))(x)
     params = {
         name: (jax.tree.map(jnp.zeros_like, p) if name.startswith("depth_") else p)
         for name, p in v["params"].items()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from segjax.models import MODELS, build_model
+from tests.models.rng import rbg_key
 
 NUM_CLASSES = 3
 # CRF-as-RNN compares RGB colours: it refuses other bands (test below).
@@ -36,7 +37,7 @@ def _leaves(outputs) -> list[np.ndarray]:
 def _check_bands(name: str, bands: int) -> None:
     model = build_model(name, num_classes=NUM_CLASSES)
     x = np.random.default_rng(bands).standard_normal((1, 32, 32, bands)).astype(np.float32)
-    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+    variables = jax.jit(lambda x: model.init(rbg_key(0), x, train=False))(x)
     # The image is read by kernels of `bands` input channels (the 2-D LSTM, which has no
     # convolution on its input, by `input_kernel`s over blocks of `bands`-value pixels).
     leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
@@ -67,6 +68,4 @@ def test_every_tiny_model_takes_4_bands(name):
 def test_crf_rnn_refuses_other_bands():
     model = build_model("fcn_crfrnn_tiny", num_classes=NUM_CLASSES)
     with pytest.raises(ValueError, match=r"CRF-as-RNN takes RGB images.*got 4 input bands"):
-        jax.eval_shape(
-            lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 4)), train=False)
-        )
+        jax.eval_shape(lambda: model.init(rbg_key(0), jnp.zeros((1, 32, 32, 4)), train=False))

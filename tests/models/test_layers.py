@@ -11,6 +11,7 @@ import pytest
 from jax import lax
 
 from segjax.models import layers
+from tests.models.rng import rbg_key
 
 
 def _reference(x, kernel, strides, dilation, groups):
@@ -122,13 +123,13 @@ def test_conv2d_bfloat16_keeps_dtypes():
 def test_conv2d_module_has_nn_conv_parameters():
     x = jnp.ones((1, 8, 8, 3))
     for kwargs in ({}, {"use_bias": True}, {"groups": 3}):
-        ours = layers.Conv2D(3, 3, **kwargs).init(jax.random.key(0), x)
+        ours = layers.Conv2D(3, 3, **kwargs).init(rbg_key(0), x)
         theirs = nn.Conv(
             3,
             (3, 3),
             use_bias=kwargs.get("use_bias", False),
             feature_group_count=kwargs.get("groups", 1),
-        ).init(jax.random.key(0), x)
+        ).init(rbg_key(0), x)
         assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, theirs)
 
 
@@ -159,8 +160,8 @@ def test_batch_norm_matches_flax_batch_norm(train, with_residual, relu):
     ours = layers.BatchNorm(use_running_average=not train, relu=relu)
     ref = _ReferenceBN(train, relu)
     # The same variables as nn.BatchNorm (checkpoints and ported weights stay valid).
-    shapes = jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x, residual))
-    ref_shapes = jax.tree.map(jnp.shape, ref.init(jax.random.key(0), x, residual))
+    shapes = jax.tree.map(jnp.shape, ours.init(rbg_key(0), x, residual))
+    ref_shapes = jax.tree.map(jnp.shape, ref.init(rbg_key(0), x, residual))
     assert shapes == jax.tree.map(
         lambda c: c["BatchNorm_0"], ref_shapes, is_leaf=lambda c: "BatchNorm_0" in c
     )

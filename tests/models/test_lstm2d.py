@@ -11,6 +11,7 @@ from segjax.models import build_model
 from segjax.models.__main__ import abstract_variables, param_count
 from segjax.models.lstm2d import LSTM2DLayer, skew, unskew
 from segjax.tasks import semantic
+from tests.models.rng import rbg_key
 
 
 def _sigmoid(a):
@@ -49,8 +50,8 @@ def _loop_reference(x, w_in, w_rec, bias):
 
 def _layer_and_random_params(hidden, x, seed=0):
     layer = LSTM2DLayer(hidden)
-    variables = jax.eval_shape(layer.init, jax.random.key(seed), x)  # shapes only
-    keys = jax.random.split(jax.random.key(seed + 1), 3)
+    variables = jax.eval_shape(layer.init, rbg_key(seed), x)  # shapes only
+    keys = jax.random.split(rbg_key(seed + 1), 3)
     params = {  # random biases too, so that every term of the cell is exercised
         name: 0.7 * jax.random.normal(key, v.shape)
         for key, (name, v) in zip(keys, sorted(variables["params"].items()), strict=True)

@@ -10,13 +10,14 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from segjax.models.mask_rcnn import INSTANCE_MODELS, LOSS_TERMS, MaskRCNN, build_instance_model
+from tests.models.rng import rbg_key
 
 
 def _param_count(name, num_classes=91, size=128):
     model = build_instance_model(name, num_classes=num_classes)
     shapes = jax.eval_shape(
         lambda: model.init(
-            jax.random.key(0), jnp.zeros((1, size, size, 3)), method=MaskRCNN.create_variables
+            rbg_key(0), jnp.zeros((1, size, size, 3)), method=MaskRCNN.create_variables
         )
     )
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
@@ -73,7 +74,7 @@ def test_tiny_model_losses_gradients_and_detections(name):
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(2, 64, 64, 3)), jnp.float32)
     init = jax.jit(functools.partial(model.init, method=MaskRCNN.create_variables))
-    variables = init(jax.random.key(0), images)
+    variables = init(rbg_key(0), images)
     targets = _toy_targets()
 
     def loss(params, key):
@@ -89,7 +90,7 @@ def test_tiny_model_losses_gradients_and_detections(name):
         return sum(terms.values()), terms
 
     grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (total, terms), grads = grad_fn(variables["params"], jax.random.key(1))
+    (total, terms), grads = grad_fn(variables["params"], rbg_key(1))
     assert sorted(terms) == sorted(LOSS_TERMS)
     assert all(np.isfinite(float(v)) and float(v) >= 0 for v in terms.values())
     # Cross-entropy over 6 classes starts near log(6); objectness BCE near log(2).
@@ -100,7 +101,7 @@ def test_tiny_model_losses_gradients_and_detections(name):
     dead = [k for k, g in flat.items() if not np.any(np.asarray(g))]
     assert not dead, f"parameters without gradient: {dead}"
     # Another sampling key, other anchors and RoIs: another loss.
-    (total2, _), _ = grad_fn(variables["params"], jax.random.key(2))
+    (total2, _), _ = grad_fn(variables["params"], rbg_key(2))
     assert float(total2) != float(total)
 
     detect = jax.jit(lambda v, x: model.apply(v, x, train=False))

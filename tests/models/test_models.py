@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from segjax.models import MODELS, Segmentor, UnknownModelError, build_model
 from segjax.models.__main__ import abstract_variables, main, param_count
 from segjax.models.layers import resize_bilinear
+from tests.models.rng import rbg_key
 
 NUM_CLASSES = 5
 ALL = sorted(MODELS)
@@ -121,7 +122,7 @@ def _kwargs(name: str, aux: bool) -> dict:
 
 
 def _init(model: Segmentor, shape, seed: int = 0):
-    return jax.jit(lambda x: model.init(jax.random.key(seed), x, train=False))(jnp.zeros(shape))
+    return jax.jit(lambda x: model.init(rbg_key(seed), x, train=False))(jnp.zeros(shape))
 
 
 @functools.cache
@@ -136,7 +137,7 @@ def _tiny(name: str) -> tuple[Segmentor, dict]:
 
 
 def _images(shape, seed: int = 1) -> jax.Array:
-    return jax.random.normal(jax.random.key(seed), shape)
+    return jax.random.normal(rbg_key(seed), shape)
 
 
 def test_required_models_are_registered():
@@ -207,7 +208,7 @@ def test_every_parameter_gets_a_gradient(name):
     model, variables = _tiny(name)
     # Batch 2: ASPP's image-pooling BN normalises one value per image and needs two.
     shape = (2, 33, 47, 3)
-    labels = jax.random.randint(jax.random.key(2), shape[:3], 0, NUM_CLASSES)
+    labels = jax.random.randint(rbg_key(2), shape[:3], 0, NUM_CLASSES)
 
     def loss_fn(params):
         out, _ = model.apply(
@@ -215,7 +216,7 @@ def test_every_parameter_gets_a_gradient(name):
             _images(shape),
             train=True,
             mutable=["batch_stats"],
-            rngs={"dropout": jax.random.key(3)},
+            rngs={"dropout": rbg_key(3)},
         )
         loss = sum(
             optax.softmax_cross_entropy_with_integer_labels(v, labels).mean()
@@ -256,8 +257,8 @@ def test_train_updates_batch_stats_and_eval_is_deterministic():
     def train_apply(rng):
         return model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
 
-    out_a, updates = train_apply(jax.random.key(0))
-    out_b, _ = train_apply(jax.random.key(1))
+    out_a, updates = train_apply(rbg_key(0))
+    out_b, _ = train_apply(rbg_key(1))
     changed = jax.tree.map(
         lambda old, new: bool(np.any(np.asarray(old) != np.asarray(new))),
         variables["batch_stats"],
@@ -287,7 +288,7 @@ def test_output_stride_feature_sizes(output_stride):
     h, w = 33, 47
     x = jnp.zeros((1, h, w, 3))
     feats = jax.eval_shape(
-        lambda x: backbone.apply(backbone.init(jax.random.key(0), x, train=False), x, train=False),
+        lambda x: backbone.apply(backbone.init(rbg_key(0), x, train=False), x, train=False),
         x,
     )
     channels = backbone.feature_channels()
@@ -386,9 +387,9 @@ def test_sharded_batch_gives_global_batch_statistics():
     x = _images((devices.size, 33, 47, 3))
 
     def stats(v, x):
-        return model.apply(
-            v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)}
-        )[1]
+        return model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": rbg_key(0)})[
+            1
+        ]
 
     mesh = Mesh(devices, ("data",))
     x_sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))

@@ -10,6 +10,7 @@ from flax.traverse_util import flatten_dict
 
 from segjax.models.mask_rcnn import LOSS_TERMS
 from segjax.models.panoptic_fpn import PANOPTIC_FPN_MODELS, PanopticFPN, build_panoptic_fpn
+from tests.models.rng import rbg_key
 
 
 def _params(name, num_things, num_stuff, size=128, collection="params"):
@@ -17,7 +18,7 @@ def _params(name, num_things, num_stuff, size=128, collection="params"):
     model = build_panoptic_fpn(name, num_things=num_things, num_stuff=num_stuff)
     shapes = jax.eval_shape(
         lambda: model.init(
-            jax.random.key(0), jnp.zeros((1, size, size, 3)), method=PanopticFPN.create_variables
+            rbg_key(0), jnp.zeros((1, size, size, 3)), method=PanopticFPN.create_variables
         )
     )
     return model, shapes if collection is None else shapes[collection]
@@ -114,7 +115,7 @@ def test_tiny_model_training_outputs():
     }
     train_out, _ = jax.eval_shape(
         lambda v, x, t: model.apply(
-            v, x, None, t, train=True, rngs={"sample": jax.random.key(1)}, mutable=["batch_stats"]
+            v, x, None, t, train=True, rngs={"sample": rbg_key(1)}, mutable=["batch_stats"]
         ),
         variables,
         images,

@@ -15,11 +15,12 @@ import pytest
 from segjax.models import build_model
 from segjax.models.__main__ import abstract_variables, param_count
 from segjax.models.backbones.mobilenet_v3 import MobileNetV3Large
+from tests.models.rng import rbg_key
 
 
 def _count(module) -> int:
     x = jnp.zeros((1, 65, 65, 3))
-    return param_count(jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False)))
+    return param_count(jax.eval_shape(lambda: module.init(rbg_key(0), x, train=False)))
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_mobilenet_v3_feature_sizes(output_stride):
     h, w = 33, 47
     x = jnp.zeros((1, h, w, 3))
     feats = jax.eval_shape(
-        lambda x: backbone.apply(backbone.init(jax.random.key(0), x, train=False), x, train=False),
+        lambda x: backbone.apply(backbone.init(rbg_key(0), x, train=False), x, train=False),
         x,
     )
     channels = backbone.feature_channels()

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from segjax.models.reseg import ReNetLayer
+from tests.models.rng import rbg_key
 
 
 def test_renet_output_sees_every_input_and_compiles_once():
     layer = ReNetLayer(4, (2, 2), "gru")
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 7, 3)), jnp.float32)
-    variables = layer.init(jax.random.key(0), x)
+    variables = layer.init(rbg_key(0), x)
     f = jax.jit(lambda v, x: layer.apply(v, x))
     y = f(variables, x)
     assert y.shape == (1, 3, 4, 8)
@@ -27,7 +28,7 @@ def test_lstm_cell_and_padding_to_whole_patches():
     # 7 x 5 with 2 x 3 patches: zero-padded to 8 x 6, then 4 x 2 patches.
     layer = ReNetLayer(3, (2, 3), "lstm")
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 7, 5, 2)), jnp.float32)
-    variables = layer.init(jax.random.key(1), x)
+    variables = layer.init(rbg_key(1), x)
     y = layer.apply(variables, x)
     assert y.shape == (2, 4, 2, 6) and np.all(np.isfinite(y))
     # The two images of the batch do not mix.

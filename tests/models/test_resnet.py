@@ -17,10 +17,11 @@ from segjax.models.backbones.resnet import (
     ResNet152,
     ResNetTiny,
 )
+from tests.models.rng import rbg_key
 
 
 def _abstract(model, shape=(1, 65, 65, 3)):
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), jnp.zeros(shape))
+    return jax.eval_shape(lambda x: model.init(rbg_key(0), x, train=False), jnp.zeros(shape))
 
 
 @pytest.mark.parametrize(
@@ -94,15 +95,15 @@ def test_dilation_schedule_and_multi_grid():
 def test_bad_options_raise():
     x = jnp.zeros((1, 33, 33, 3))
     with pytest.raises(ValueError, match="output_stride"):
-        ResNetTiny(output_stride=4).init(jax.random.key(0), x, train=False)
+        ResNetTiny(output_stride=4).init(rbg_key(0), x, train=False)
     with pytest.raises(ValueError, match="multi_grid"):
-        ResNetTiny(multi_grid=(1, 2, 4)).init(jax.random.key(0), x, train=False)
+        ResNetTiny(multi_grid=(1, 2, 4)).init(rbg_key(0), x, train=False)
 
 
 def test_zero_init_residual_starts_blocks_as_identity():
     model = ResNetTiny(zero_init_residual=True)
-    x = jax.random.normal(jax.random.key(1), (1, 17, 19, 3))
-    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+    x = jax.random.normal(rbg_key(1), (1, 17, 19, 3))
+    variables = jax.jit(lambda x: model.init(rbg_key(0), x, train=False))(x)
     assert not np.any(np.asarray(variables["params"]["layer1_block0"]["conv2"]["bn"]["scale"]))
     feats, state = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True))(
         variables, x

@@ -13,6 +13,7 @@ import pytest
 from segjax.models import build_model
 from segjax.models.registry import MODELS, VOLUME_MODELS
 from segjax.models.volumetric import TransposedConv2x2x2
+from tests.models.rng import rbg_key
 
 TINY = ["unet3d_tiny", "vnet_tiny"]
 
@@ -22,7 +23,7 @@ def _tiny(name: str):
     """A tiny model and random variables of its shapes (no init program to compile)."""
     model = build_model(name, num_classes=3)
     shape = jax.ShapeDtypeStruct((1, 8, 8, 8, 2), jnp.float32)
-    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), shape)
+    abstract = jax.eval_shape(lambda x: model.init(rbg_key(0), x, train=False), shape)
     rng = np.random.default_rng(0)
 
     def fill(path, leaf):
@@ -49,7 +50,7 @@ def test_volume_models_are_registered_apart_from_image_models():
 @pytest.mark.parametrize("name", TINY)
 def test_forward_at_odd_sizes(name):
     model, variables = _tiny(name)
-    x = jax.random.normal(jax.random.key(1), (2, 7, 9, 6, 2))
+    x = jax.random.normal(rbg_key(1), (2, 7, 9, 6, 2))
     out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     assert set(out) == {"logits"}
     assert out["logits"].shape == (2, 7, 9, 6, 3) and out["logits"].dtype == jnp.float32
@@ -61,7 +62,7 @@ def test_forward_at_odd_sizes(name):
 @pytest.mark.parametrize("name", TINY)
 def test_gradients_reach_every_parameter(name):
     model, variables = _tiny(name)
-    x = jax.random.normal(jax.random.key(1), (2, 7, 9, 6, 2))
+    x = jax.random.normal(rbg_key(1), (2, 7, 9, 6, 2))
 
     def loss(params):
         logits, _ = model.apply(
@@ -79,7 +80,7 @@ def test_unet3d_has_the_papers_parameter_count():
     # kernel as here, a bias per conv output channel (BN's shift here) and per label.
     model = build_model("unet3d", num_classes=3)
     x = jax.ShapeDtypeStruct((1, 16, 16, 16, 3), jnp.float32)
-    params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)["params"]
+    params = jax.eval_shape(lambda x: model.init(rbg_key(0), x, train=False), x)["params"]
     leaves = jax.tree_util.tree_leaves_with_path(params)
     kernels = sum(
         math.prod(v.shape) for p, v in leaves if jax.tree_util.keystr(p).endswith("['kernel']")
@@ -105,7 +106,7 @@ def test_transposed_conv_matches_a_loop():
 def test_flat_sampled_kernels_have_the_fan_out_scale():
     from segjax.models.volumetric import conv3d_kernel_init
 
-    kernel = np.asarray(conv3d_kernel_init(jax.random.key(0), (3, 3, 3, 16, 32)))
+    kernel = np.asarray(conv3d_kernel_init(rbg_key(0), (3, 3, 3, 16, 32)))
     assert kernel.shape == (3, 3, 3, 16, 32)
     np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / (27 * 32)), rtol=0.03)
     assert abs(kernel.mean()) < 0.01

@@ -26,6 +26,7 @@ from segjax.models.segnet import max_pool_with_argmax, max_unpool
 from segjax.models.upsampling import bilinear_kernel, conv_transpose_upsample
 from segjax.tasks.semantic import init_state, make_train_step
 from tests.models.gradients import dead_parameters, train_gradients
+from tests.models.rng import rbg_key
 
 
 def _scatter_conv_transpose(x: np.ndarray, w: np.ndarray, f: int, size) -> np.ndarray:
@@ -55,7 +56,7 @@ def test_learned_upsample_equals_transposed_convolution(factor, cells, size):
 
 def test_bilinear_init_is_half_pixel_bilinear_upsampling():
     """Away from the zero-padded border, the initial kernel is align_corners=False bilinear."""
-    x = jax.random.normal(jax.random.key(0), (1, 5, 7, 2))
+    x = jax.random.normal(rbg_key(0), (1, 5, 7, 2))
     for f in (2, 8):
         out = conv_transpose_upsample(x, jnp.asarray(bilinear_kernel(f, 2, 2)), f, (5 * f, 7 * f))
         ref = jax.image.resize(x, (1, 5 * f, 7 * f, 2), "bilinear")
@@ -98,7 +99,7 @@ def _numpy_pool_unpool(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("size", [(4, 6), (5, 7)])
 def test_max_pool_with_argmax_and_unpool(size):
-    x = np.asarray(jax.random.normal(jax.random.key(1), (2, *size, 3)))
+    x = np.asarray(jax.random.normal(rbg_key(1), (2, *size, 3)))
     pooled, indices = max_pool_with_argmax(jnp.asarray(x))
     ref_pooled, ref_unpooled = _numpy_pool_unpool(x)
     np.testing.assert_array_equal(pooled, ref_pooled)
@@ -115,7 +116,7 @@ def test_max_pool_with_argmax_and_unpool(size):
 
 def test_l2_norm_scale():
     x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
-    variables = L2NormScale(scale_init=10.0).init(jax.random.key(0), x)
+    variables = L2NormScale(scale_init=10.0).init(rbg_key(0), x)
     np.testing.assert_allclose(variables["params"]["scale"], [10.0, 10.0])
     y = L2NormScale(scale_init=10.0).apply(variables, x)
     np.testing.assert_allclose(y, [[6.0, 8.0], [0.0, 0.0]], atol=1e-5)  # zero stays finite
@@ -128,9 +129,7 @@ def test_vgg_feature_sizes(output_stride, pool_kernel):
     model = VGG(stages=VGG_TINY_STAGES, pool_kernel=pool_kernel, output_stride=output_stride)
     h, w = 97, 131
     x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
-    feats = jax.eval_shape(
-        lambda x: model.init_with_output(jax.random.key(0), x, train=False)[0], x
-    )
+    feats = jax.eval_shape(lambda x: model.init_with_output(rbg_key(0), x, train=False)[0], x)
     strides = model.feature_strides()
     assert strides["s32"] == output_stride
     for key, s in strides.items():
@@ -162,7 +161,7 @@ def test_fcn_is_exactly_bilinear_of_coarse_scores_at_init():
     footprint, which starts at its own cell: pixels [32 i - 16, 32 i + 48).
     """
     model = FCN(3, VGG(stages=VGG_TINY_STAGES), stride=32, fc_channels=8)
-    x = jax.random.normal(jax.random.key(0), (1, 97, 131, 3))
+    x = jax.random.normal(rbg_key(0), (1, 97, 131, 3))
     forward = jax.jit(lambda v: model.apply(v, x, train=False)["logits"])
     params = abstract_variables(model, x.shape)["params"]
     params = jax.tree.map(lambda a: jnp.full(a.shape, 0.01, a.dtype), params)
@@ -196,7 +195,7 @@ def test_model_without_batch_norm_trains_through_train_lib():
     model = build_model("fcn8s_tiny", num_classes=3)
     tx = optax.sgd(0.01)
     shape = (2, 17, 23, 3)
-    state = jax.jit(lambda key: init_state(model, tx, key, shape))(jax.random.key(0))
+    state = jax.jit(lambda key: init_state(model, tx, key, shape))(rbg_key(0))
     assert state.batch_stats == {}
     step = jax.jit(
         make_train_step(
@@ -204,10 +203,10 @@ def test_model_without_batch_norm_trains_through_train_lib():
         )
     )
     batch = {
-        "image": jax.random.normal(jax.random.key(1), shape),
-        "label": jax.random.randint(jax.random.key(2), shape[:3], 0, 3),
+        "image": jax.random.normal(rbg_key(1), shape),
+        "label": jax.random.randint(rbg_key(2), shape[:3], 0, 3),
     }
-    new_state, metrics = step(state, batch, jax.random.key(3))
+    new_state, metrics = step(state, batch, rbg_key(3))
     assert np.isfinite(float(metrics["loss"]))
     assert int(new_state.nonfinite_total) == 0
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), state.params, new_state.params)
@@ -277,8 +276,8 @@ def test_unpooling_models_contract(name):
     k = 5
     model = build_model(name, num_classes=k, aux_head=True)
     shape = (2, 33, 47, 3)
-    x = jax.random.normal(jax.random.key(1), shape)
-    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+    x = jax.random.normal(rbg_key(1), shape)
+    variables = jax.jit(lambda x: model.init(rbg_key(0), x, train=False))(x)
     traces = []
 
     @jax.jit
@@ -287,7 +286,7 @@ def test_unpooling_models_contract(name):
         return model.apply(v, x, train=False)
 
     for size in [(33, 47), (97, 131)]:
-        out = forward(variables, jax.random.normal(jax.random.key(2), (2, *size, 3)))
+        out = forward(variables, jax.random.normal(rbg_key(2), (2, *size, 3)))
         assert set(out) == {"logits", "aux_logits"}
         for v in out.values():
             assert v.shape == (2, *size, k) and v.dtype == jnp.float32
@@ -296,7 +295,7 @@ def test_unpooling_models_contract(name):
     np.testing.assert_array_equal(out32["logits"], forward(variables, x)["logits"])
     assert len(traces) == 2  # One trace per input size, none for repeated calls.
 
-    labels = jax.random.randint(jax.random.key(3), shape[:3], 0, k)
+    labels = jax.random.randint(rbg_key(3), shape[:3], 0, k)
 
     grads, state = train_gradients(model, variables, x, labels)  # dropout: the aux head's
     dead = dead_parameters(grads)

@@ -26,6 +26,7 @@ from segjax.models.backbones.hrnet import (
 )
 from segjax.models.heads.ocr import OCRHead
 from segjax.models.necks.resize_concat import ResizeConcat
+from tests.models.rng import rbg_key
 
 
 def _count(model, shape=(1, 64, 64, 3)) -> int:
@@ -130,7 +131,7 @@ def test_hrnet_branch_shapes(hw):
     """Branch k is ceil-halved from stride 4; the HRNetV2 representation is 15W at stride 4."""
     backbone = HRNetTiny()
     x = jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32)
-    variables = jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x, train=False), x)
+    variables = jax.eval_shape(lambda x: backbone.init(rbg_key(0), x, train=False), x)
     feats = jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False), variables, x)
     for key, stride in backbone.feature_strides().items():
         h, w = hw
@@ -171,7 +172,7 @@ def test_fusion_upsampling_modes():
     assert np.abs(direct - expected).max() > 1e-2  # one resize is not mmseg's
     with pytest.raises(ValueError, match="fuse_upsample must be one of"):
         jax.eval_shape(
-            lambda v: HRNetTiny(fuse_upsample="bicubic").init(jax.random.key(0), v, train=False),
+            lambda v: HRNetTiny(fuse_upsample="bicubic").init(rbg_key(0), v, train=False),
             jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32),
         )
 
@@ -197,7 +198,7 @@ def test_ocr_head_matches_numpy_reference():
         "x": jnp.asarray(rng.normal(size=(2, 5, 7, 3)), jnp.float32),
         "object_regions": jnp.asarray(rng.normal(size=(2, 5, 7, k)), jnp.float32),
     }
-    variables = jax.jit(lambda f: head.init(jax.random.key(0), f, train=False))(feats)
+    variables = jax.jit(lambda f: head.init(rbg_key(0), f, train=False))(feats)
     params = variables["params"]
     out = np.asarray(jax.jit(lambda v, f: head.apply(v, f, train=False))(variables, feats))
 

@@ -24,6 +24,7 @@ from segjax.models.backbones.xception import Xception65, XceptionTiny
 from segjax.models.necks.fpn import resize_nearest
 from segjax.models.necks.ppm import adaptive_avg_pool
 from segjax.models.unet import TransposedConv2x2
+from tests.models.rng import rbg_key
 
 
 def _count(model, shape=(1, 64, 64, 3)) -> int:
@@ -148,7 +149,7 @@ def test_model_parameter_counts(name, kwargs, expected):
 
 def _feature_shapes(backbone, hw=(33, 47)):
     x = jnp.zeros((1, *hw, 3))
-    variables = jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x, train=False), x)
+    variables = jax.eval_shape(lambda x: backbone.init(rbg_key(0), x, train=False), x)
     return jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False), variables, x)
 
 
@@ -172,7 +173,7 @@ def test_backbone_output_stride(backbone_cls, output_stride):
 
 def _dilations(backbone):
     x = jnp.zeros((1, 33, 47, 3))
-    variables = jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x, train=False), x)
+    variables = jax.eval_shape(lambda x: backbone.init(rbg_key(0), x, train=False), x)
     jaxpr = jax.make_jaxpr(lambda v, x: backbone.apply(v, x, train=False))(variables, x)
     return [
         e.params["rhs_dilation"][0]
@@ -222,7 +223,7 @@ def test_transposed_conv_2x2_is_pytorch_conv_transpose():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
     module = TransposedConv2x2(6)
-    variables = module.init(jax.random.key(0), jnp.asarray(x))
+    variables = module.init(rbg_key(0), jnp.asarray(x))
     bias = rng.normal(size=(6,)).astype(np.float32)
     variables = {"params": {**variables["params"], "bias": jnp.asarray(bias)}}
     kernel = np.asarray(variables["params"]["kernel"])
@@ -288,9 +289,9 @@ def test_unet_stride2_stem_runs_every_level_at_half_resolution():
         param_count(variables) - param_count(abstract_variables(plain, shape))
         == (9 * 3 * 4 + 2 * 4) + 9 * (4 - 3) * 4
     )
-    x = jax.random.normal(jax.random.key(0), shape)
+    x = jax.random.normal(rbg_key(0), shape)
     out, inner = stem.apply(
-        stem.init(jax.random.key(1), x, train=False),
+        stem.init(rbg_key(1), x, train=False),
         x,
         train=False,
         capture_intermediates=lambda m, _: m.name == "inc",
@@ -300,6 +301,4 @@ def test_unet_stride2_stem_runs_every_level_at_half_resolution():
     (first_level,) = inner["intermediates"]["inc"]["__call__"]
     assert first_level.shape == (2, 24, 24, 4)
     with pytest.raises(ValueError, match="stem_stride"):
-        build_model("unet_tiny", num_classes=4, stem_stride=4).init(
-            jax.random.key(0), x, train=False
-        )
+        build_model("unet_tiny", num_classes=4, stem_stride=4).init(rbg_key(0), x, train=False)
