@@ -230,6 +230,20 @@ def write_table(path: str, new_rows: dict[str, str], note: str, baseline_line: s
     os.replace(path + ".tmp", path)
 
 
+def public_args(argv: Sequence[str]) -> list[str]:
+    """`argv` without the options that name this machine's files (`--json`, `--workdir`):
+    the command written under the table is the one to rerun anywhere."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--json", "--workdir"):
+            skip = True
+        elif not a.startswith(("--json=", "--workdir=")):
+            out.append(a)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Trains the models, prints or writes the table; 1 if a model did not learn."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -275,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ds = f"{base.dataset.name}/{base.dataset.config}"
     command = "python benchmarks/zoo_shapes.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
+        public_args(argv if argv is not None else sys.argv[1:])
     )
     note = (
         f"- {stamp} UTC: `{command.strip()}` ({args.config} on {ds}: batch "

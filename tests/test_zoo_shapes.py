@@ -103,7 +103,13 @@ def test_writes_trained_rows_into_a_readme_copy(zoo, shapes_data_dir, tmp_path, 
     assert f"{row['params']:,d}" in line and f"{100 * row['miou']:.2f}" in line
     assert "| `z_tiny` | old z |" in text and "| `b_tiny` |" in text
     assert "`python benchmarks/zoo_shapes.py --models pixel_mlp --steps 2" in text
+    assert str(out) not in text  # the command under the table names no file of this machine
     assert "Always the majority class on segjax_shapes/tiny/validation" in text
+
+
+def test_the_recorded_command_leaves_out_local_files(zoo):
+    argv = ["--models", "a", "--json", "/x/rows.json", "--write", "README.md", "--workdir=/w"]
+    assert zoo.public_args(argv) == ["--models", "a", "--write", "README.md"]
 
 
 def test_no_markers_is_an_error_naming_them(zoo, tmp_path):
