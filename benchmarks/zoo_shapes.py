@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         p.error(f"--models: unknown {unknown}; the zoo's tiny models: {zoo_models()}")
     if args.steps < 0:
-        p.error(f"--steps {args.steps}: must be positive (0: the config's train.steps)")
+        p.error(f"--steps {args.steps}: at least 1, or 0 for the config's train.steps")
     base = load_config(args.config)
     steps = args.steps or base.train.steps
     baseline = majority_class_miou(base)
