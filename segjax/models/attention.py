@@ -20,8 +20,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 
 from segjax.models.backbones.resnet import ResNet, ResNet50, ResNet101, ResNetMicro
-from segjax.models.backbones.vgg import VGG16_STAGES, VGG_TINY_STAGES
-from segjax.models.deeplab import largefov_builder
+from segjax.models.backbones.vgg import VGG16_STAGES
+from segjax.models.deeplab import TINY_LARGEFOV, largefov_builder
 from segjax.models.heads.attention import CCHead, DAHead, ReverseAttentionHead
 from segjax.models.heads.context import EMAHead, EncHead
 from segjax.models.heads.fcn import FCNHead
@@ -365,7 +365,12 @@ def pan_builder(
 
 
 def scale_attention_builder(
-    *, stages=VGG16_STAGES, fc_channels: int = 1024, attention_channels: int = 512
+    *,
+    stages=VGG16_STAGES,
+    fc_channels: int = 1024,
+    attention_channels: int = 512,
+    default_batch_norm: bool = False,
+    default_dropout: float = 0.5,
 ) -> Callable[..., ScaleAttentionSegmentor]:
     """An attention-to-scale builder on DeepLab-LargeFOV (the paper's network)."""
     base_builder = largefov_builder(parsenet=False, stages=stages, fc_channels=fc_channels)
@@ -376,9 +381,9 @@ def scale_attention_builder(
         dtype: jnp.dtype = jnp.float32,
         output_stride: int | None = None,
         aux_head: bool = False,
-        batch_norm: bool = False,
+        batch_norm: bool = default_batch_norm,
         scales: tuple[float, ...] = (1.0, 0.75, 0.5),
-        dropout: float = 0.5,
+        dropout: float = default_dropout,
     ) -> ScaleAttentionSegmentor:
         """DeepLab-LargeFOV (VGG-16) shared over ``scales``, fused by attention to scale.
 
@@ -433,7 +438,5 @@ MODELS: dict[str, Callable[..., Segmentor]] = {
     "pan_resnet101": pan_builder(ResNet101),
     "pan_tiny": pan_builder(ResNetMicro, channels=8, aux_channels=16),
     "scale_attention_vgg16": scale_attention_builder(),
-    "scale_attention_tiny": scale_attention_builder(
-        stages=VGG_TINY_STAGES, fc_channels=32, attention_channels=16
-    ),
+    "scale_attention_tiny": scale_attention_builder(attention_channels=16, **TINY_LARGEFOV),
 }

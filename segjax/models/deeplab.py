@@ -24,7 +24,7 @@ from segjax.models.backbones.resnet import (
     ResNetMicro,
     ResNetTiny,
 )
-from segjax.models.backbones.vgg import VGG, VGG16_STAGES, VGG_TINY_STAGES
+from segjax.models.backbones.vgg import VGG, VGG16_STAGES, VGG_SMALL_STAGES
 from segjax.models.backbones.xception import Xception65, XceptionTiny
 from segjax.models.builder_parts import aux_fcn_head, check_aspp_stride
 from segjax.models.heads.deeplab import DeepLabV3Head, DeepLabV3PlusHead
@@ -125,9 +125,18 @@ def deeplab_builder(
 
 
 def largefov_builder(
-    *, parsenet: bool, stages: Sequence[Sequence[int]] = VGG16_STAGES, fc_channels: int = 1024
+    *,
+    parsenet: bool,
+    stages: Sequence[Sequence[int]] = VGG16_STAGES,
+    fc_channels: int = 1024,
+    default_batch_norm: bool = False,
+    default_dropout: float = 0.5,
 ) -> Callable[..., Segmentor]:
-    """DeepLab v1 LargeFOV (``parsenet=False``) or ParseNet on the same VGG-16 trunk."""
+    """DeepLab v1 LargeFOV (``parsenet=False``) or ParseNet on the same VGG-16 trunk.
+
+    ``default_batch_norm`` / ``default_dropout``: the builder's defaults of ``batch_norm``
+    and ``dropout`` (the paper's: False, 0.5; the tiny variants': True, 0.1).
+    """
 
     def builder(
         *,
@@ -135,9 +144,9 @@ def largefov_builder(
         dtype: jnp.dtype = jnp.float32,
         output_stride: int | None = None,
         aux_head: bool = False,
-        batch_norm: bool = False,
+        batch_norm: bool = default_batch_norm,
         rate: int | None = None,
-        dropout: float = 0.5,
+        dropout: float = default_dropout,
     ) -> Segmentor:
         """VGG-16 (3x3 pools, dilated) -> LargeFOV fc6/fc7 -> fc8 or ParseNet context head.
 
@@ -149,7 +158,7 @@ def largefov_builder(
             batch_norm: VGG-16-BN trunk instead of the paper's plain VGG-16.
             rate: fc6 dilation; None: 12 at output stride 8, scaled to keep the same field
                 of view in pixels at 16 (6) and 32 (3).
-            dropout: dropout after fc6 and fc7.
+            dropout: dropout after fc6 and fc7 (the paper's 0.5).
         """
         output_stride = output_stride or 8
         if output_stride not in (8, 16, 32):
@@ -208,15 +217,19 @@ def deeplab_v2_builder(backbone_cls: Callable[..., ResNet]) -> Callable[..., Seg
     return builder
 
 
+# The tiny LargeFOV models: a 16-64 channel VGG-BN trunk, fc6/fc7 of 64, dropout 0.1.
+TINY_LARGEFOV = dict(
+    stages=VGG_SMALL_STAGES, fc_channels=64, default_batch_norm=True, default_dropout=0.1
+)
 _V3 = dict(plus=False, default_output_stride=8, default_separable=False)
 _TINY_DECODER = dict(aspp_channels=32, low_level_channels=8, decoder_channels=32)
 
 MODELS: dict[str, Callable[..., Segmentor]] = {
     "deeplabv1_vgg16": largefov_builder(parsenet=False),
-    "deeplabv1_tiny": largefov_builder(parsenet=False, stages=VGG_TINY_STAGES, fc_channels=32),
+    "deeplabv1_tiny": largefov_builder(parsenet=False, **TINY_LARGEFOV),
     # ParseNet's VOC model is LargeFOV's trunk and fc6/fc7 with ParseNet's context head.
     "parsenet_vgg16": largefov_builder(parsenet=True),
-    "parsenet_tiny": largefov_builder(parsenet=True, stages=VGG_TINY_STAGES, fc_channels=32),
+    "parsenet_tiny": largefov_builder(parsenet=True, **TINY_LARGEFOV),
     "deeplabv2_resnet101": deeplab_v2_builder(ResNet101),
     "deeplabv2_tiny": deeplab_v2_builder(ResNetMicro),
     "deeplabv3_resnet50": deeplab_builder(ResNet50, **_V3),

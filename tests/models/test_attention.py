@@ -361,7 +361,11 @@ def test_pan_ran_scale_attention_parameter_counts():
     assert _count("scale_attention_vgg16", num_classes=21) == 20_505_429 + attention
     assert _count("ran_tiny", num_classes=5, aux_head=True) == 91_835
     assert _count("pan_tiny", num_classes=5, aux_head=True) == 92_043
-    assert _count("scale_attention_tiny", num_classes=5, aux_head=True) == 26_977
+    # The tiny one: deeplabv1_tiny (5 classes, aux head: 120,922) + 3x3 (3 x 64) -> 16
+    # with bias + 1x1 16 -> 3.
+    tiny_attention = 9 * 192 * 16 + 16 + 16 * 3 + 3
+    assert _count("deeplabv1_tiny", num_classes=5, aux_head=True) == 120_922
+    assert _count("scale_attention_tiny", num_classes=5, aux_head=True) == 120_922 + tiny_attention
 
 
 def test_reverse_attention_combines_the_branches():

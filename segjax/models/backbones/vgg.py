@@ -45,6 +45,10 @@ FEATURE_KEYS = ("s2", "s4", "s8", "s16", "s32")
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 # Tests and the tiny registered models: one narrow conv per stage.
 VGG_TINY_STAGES = ((8,), (8,), (16,), (16,), (16,))
+# The tiny LargeFOV models (DeepLab v1, ParseNet, attention to scale): one conv per stage,
+# 16-64 channels. With VGG_TINY_STAGES, or without BatchNorm, LargeFOV stays at the
+# always-background score of segjax_shapes after 600-1,000 steps (docs/models.md).
+VGG_SMALL_STAGES = ((16,), (32,), (32,), (64,), (64,))
 
 
 class VGGConv(nn.Module):
