@@ -47,7 +47,7 @@ VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 VGG_TINY_STAGES = ((8,), (8,), (16,), (16,), (16,))
 # The tiny LargeFOV models (DeepLab v1, ParseNet, attention to scale): one conv per stage,
 # 16-64 channels. With VGG_TINY_STAGES, or without BatchNorm, LargeFOV stays at the
-# always-background score of segjax_shapes after 600-1,000 steps (docs/models.md).
+# always-background score of segjax_shapes after 600-1,000 steps (README, "Trained zoo").
 VGG_SMALL_STAGES = ((16,), (32,), (32,), (64,), (64,))
 
 
