@@ -4,13 +4,27 @@ XLA reads the flag once, when jax first initialises its backends, so it is set h
 before any test module imports jax.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA's persistent compilation cache, fresh for each run (so nothing stale is ever read):
+# many tests compile the same programs (the smoke config's train step in train_lib,
+# resume, reliability and CLI tests, and in the subprocesses of the multi-process tests,
+# which inherit the variable), and a hit replaces a compilation of seconds by a file
+# read. Programs compiling in under half a second are not worth the write.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="segjax-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest
 
